@@ -1,0 +1,39 @@
+"""The ``medai`` command: sub-commands are registered here, implemented beside it."""
+
+from __future__ import annotations
+
+import typer
+
+from medai import __version__
+from medai.cli.console import console, setup_logging
+
+app = typer.Typer(
+    name="medai",
+    help="Medical-imaging AI: from DICOM to a validated model in the hospital workflow.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print medai's version and the versions of its key dependencies."""
+    import monai
+    import numpy
+    import pydicom
+    import torch
+
+    console.print(f"medai {__version__}")
+    console.print(
+        f"torch {torch.__version__} · monai {monai.__version__} · "
+        f"pydicom {pydicom.__version__} · numpy {numpy.__version__}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
