@@ -1,0 +1,216 @@
+"""The segmentation :class:`Plan`: every choice of a run, typed, with working defaults.
+
+A plan is plain data (pydantic), saved as YAML beside a run and overridable from a
+YAML file or ``key.sub=value`` strings. The planner (:mod:`medai.training.planner`)
+fills it from a dataset fingerprint and the device; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medai.fsutil import atomic_write_text
+
+__all__ = [
+    "InferencePlan",
+    "NetworkPlan",
+    "Plan",
+    "PreprocessPlan",
+    "TrainPlan",
+    "apply_overrides",
+    "load_plan",
+    "parse_duration",
+    "save_plan",
+]
+
+Architecture = Literal["unet", "basicunet", "dynunet", "segresnet"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PreprocessPlan(_Strict):
+    """How a case becomes network input (the same at training and inference)."""
+
+    target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    image_order: int = Field(default=1, ge=1, le=3, description="1 linear, 3 cubic")
+    crop_to_foreground: bool = True
+    crop_margin: int = Field(default=2, ge=0)
+    normalisation: Literal["zscore_foreground"] = "zscore_foreground"
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"target_spacing must be positive millimetres; got {v}")
+        return v
+
+    def digest(self) -> str:
+        """Short hash of these settings: the cache key's plan part."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class NetworkPlan(_Strict):
+    """Which MONAI network, how deep and wide."""
+
+    architecture: Architecture = "unet"
+    base_channels: int = Field(default=16, ge=2)
+    depth: int = Field(default=5, ge=2, le=7, description="resolution levels")
+    residual_units: int = Field(default=2, ge=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class TrainPlan(_Strict):
+    """Optimisation, sampling and budget."""
+
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = Field(default=2, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    time_budget_s: float | None = Field(default=600.0, gt=0)
+    steps_per_epoch: int = Field(default=25, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    grad_clip: float = Field(default=12.0, gt=0)
+    loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
+    pos_fraction: float = Field(default=0.67, ge=0, le=1, description="share of tumour-centred patches")
+    augment: bool = True
+    amp: bool = True
+    val_every: int = Field(default=2, ge=1)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    early_stop_patience: int | None = Field(default=None, ge=1, description="validations without gain")
+    checkpoint_every_steps: int = Field(default=0, ge=0, description="0: only at epoch ends")
+    num_workers: int = Field(default=0, ge=0)
+    seed: int = 0
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 8:
+            raise ValueError(f"patch_size must be at least 8 voxels per axis; got {v}")
+        return v
+
+
+class InferencePlan(_Strict):
+    """Sliding window, test-time augmentation and post-processing."""
+
+    overlap: float = Field(default=0.5, ge=0, lt=1)
+    tta_flips: bool = False
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_component_ml: float = Field(default=0.1, ge=0, description="drop smaller tumour blobs")
+    et_min_volume_ml: float = Field(default=0.0, ge=0, description="ET below this is relabelled TC")
+
+
+class Plan(_Strict):
+    """Everything a segmentation run needs besides the data."""
+
+    channels: list[str] = Field(default_factory=lambda: ["image"])
+    labels: dict[int, str] = Field(default_factory=lambda: {0: "background", 1: "foreground"})
+    regions: dict[str, list[int]] = Field(default_factory=lambda: {"FG": [1]})
+    preprocess: PreprocessPlan = PreprocessPlan()
+    network: NetworkPlan = NetworkPlan()
+    train: TrainPlan = TrainPlan()
+    inference: InferencePlan = InferencePlan()
+    notes: dict[str, Any] = Field(default_factory=dict, description="planner's reasoning")
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        if not v or any(not labels for labels in v.values()):
+            raise ValueError(f"regions must name at least one region with labels; got {v}")
+        return v
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    """Write ``plan`` as YAML (atomic)."""
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan YAML written by :func:`save_plan` (or by hand; missing keys default)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plan file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a plan YAML must hold a mapping; got {type(data).__name__}")
+    return Plan.model_validate(data)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a plan section")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ValueError(f"override {key!r}: unknown plan field {parts[-1]!r}")
+    node[parts[-1]] = value
+
+
+def apply_overrides(plan: Plan, overrides: dict[str, Any] | list[str] | None) -> Plan:
+    """A new plan with ``overrides`` applied.
+
+    Args:
+        plan: The base plan.
+        overrides: Nested mapping (as from YAML), flat ``{"train.lr": 1e-3}``, or
+            ``["train.lr=1e-3", ...]`` strings whose values are parsed as YAML.
+
+    Raises:
+        ValueError: If a key names no plan field or a value is invalid.
+    """
+    if not overrides:
+        return plan
+    items: dict[str, Any] = {}
+    if isinstance(overrides, list):
+        for text in overrides:
+            if "=" not in text:
+                raise ValueError(f"override {text!r} must look like section.field=value")
+            key, raw = text.split("=", 1)
+            items[key.strip()] = yaml.safe_load(raw)
+    else:
+        items = _flatten(overrides)
+    tree = plan.model_dump(mode="json")
+    for key, value in items.items():
+        _set_dotted(tree, key, value)
+    return Plan.model_validate(tree)
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name in {"preprocess", "network", "train", "inference"}:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"`` or a number of seconds."""
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        raw = str(text).strip().lower()
+        units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+        scale = units.get(raw[-1:])
+        number = raw[:-1] if scale is not None else raw
+        try:
+            value = float(number) * (scale or 1.0)
+        except ValueError:
+            raise ValueError(f"duration {text!r} must look like 600, 90s, 10m or 1.5h") from None
+    if value <= 0:
+        raise ValueError(f"duration must be positive; got {text!r}")
+    return value
