@@ -1,1 +1,116 @@
-"""medai.evaluation."""
+"""medai.evaluation: metrics with confidence intervals, subgroups, calibration, reports.
+
+Metrics are pure ``compute_*`` functions plus small accumulators (``update``,
+``aggregate``, ``reset``). Intervals resample patients (cluster bootstrap, percentile or
+BCa); two models on the same cases are compared with a paired bootstrap or DeLong's test.
+"""
+
+from medai.evaluation.bootstrap import (
+    ConfidenceInterval,
+    PairedComparison,
+    bootstrap_ci,
+    bootstrap_interval,
+    bootstrap_mean_ci,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+)
+from medai.evaluation.calibration import (
+    ReliabilityDiagram,
+    apply_temperature,
+    compute_ece,
+    fit_temperature,
+    reliability_diagram,
+)
+from medai.evaluation.classification import (
+    ClassificationAccumulator,
+    compute_accuracy,
+    compute_average_precision,
+    compute_balanced_accuracy,
+    compute_brier_score,
+    compute_classification_metrics,
+    compute_confusion_matrix,
+    compute_f1,
+    compute_npv,
+    compute_ppv,
+    compute_pr_curve,
+    compute_roc_auc,
+    compute_roc_curve,
+    compute_sensitivity,
+    compute_specificity,
+    predicted_labels,
+)
+from medai.evaluation.delong import delong_ci, delong_components, delong_test
+from medai.evaluation.regression import (
+    BlandAltman,
+    RegressionAccumulator,
+    compute_bland_altman,
+    compute_mae,
+    compute_r2,
+    compute_regression_metrics,
+    compute_rmse,
+)
+from medai.evaluation.segmentation import (
+    SegmentationAccumulator,
+    compute_absolute_volume_error,
+    compute_assd,
+    compute_dice,
+    compute_hd95,
+    compute_iou,
+    compute_relative_volume_error,
+    compute_segmentation_metrics,
+    compute_surface_dice,
+)
+from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
+
+__all__ = [
+    "BlandAltman",
+    "ClassificationAccumulator",
+    "ConfidenceInterval",
+    "PairedComparison",
+    "RegressionAccumulator",
+    "ReliabilityDiagram",
+    "SegmentationAccumulator",
+    "SubgroupAnalysis",
+    "age_bands",
+    "analyse_subgroups",
+    "apply_temperature",
+    "bootstrap_ci",
+    "bootstrap_interval",
+    "bootstrap_mean_ci",
+    "compute_absolute_volume_error",
+    "compute_accuracy",
+    "compute_assd",
+    "compute_average_precision",
+    "compute_balanced_accuracy",
+    "compute_bland_altman",
+    "compute_brier_score",
+    "compute_classification_metrics",
+    "compute_confusion_matrix",
+    "compute_dice",
+    "compute_ece",
+    "compute_f1",
+    "compute_hd95",
+    "compute_iou",
+    "compute_mae",
+    "compute_npv",
+    "compute_ppv",
+    "compute_pr_curve",
+    "compute_r2",
+    "compute_regression_metrics",
+    "compute_relative_volume_error",
+    "compute_rmse",
+    "compute_roc_auc",
+    "compute_roc_curve",
+    "compute_segmentation_metrics",
+    "compute_sensitivity",
+    "compute_specificity",
+    "compute_surface_dice",
+    "delong_ci",
+    "delong_components",
+    "delong_test",
+    "fit_temperature",
+    "paired_bootstrap",
+    "paired_bootstrap_mean",
+    "predicted_labels",
+    "reliability_diagram",
+]
