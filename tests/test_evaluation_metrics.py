@@ -69,9 +69,7 @@ def test_binary_label_metrics_match_sklearn(binary: tuple[np.ndarray, np.ndarray
         skm.recall_score(y, pred, pos_label=0), abs=TOL
     )
     assert compute_ppv(y, pred) == pytest.approx(skm.precision_score(y, pred), abs=TOL)
-    assert compute_npv(y, pred) == pytest.approx(
-        skm.precision_score(y, pred, pos_label=0), abs=TOL
-    )
+    assert compute_npv(y, pred) == pytest.approx(skm.precision_score(y, pred, pos_label=0), abs=TOL)
     assert compute_f1(y, pred) == pytest.approx(skm.f1_score(y, pred), abs=TOL)
     np.testing.assert_array_equal(compute_confusion_matrix(y, pred), skm.confusion_matrix(y, pred))
 
@@ -82,9 +80,7 @@ def test_binary_score_metrics_match_sklearn(binary: tuple[np.ndarray, np.ndarray
     assert compute_average_precision(y, score) == pytest.approx(
         skm.average_precision_score(y, score), abs=TOL
     )
-    assert compute_brier_score(y, score) == pytest.approx(
-        skm.brier_score_loss(y, score), abs=TOL
-    )
+    assert compute_brier_score(y, score) == pytest.approx(skm.brier_score_loss(y, score), abs=TOL)
     fpr, tpr, thr = compute_roc_curve(y, score)
     sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, score, drop_intermediate=False)
     np.testing.assert_allclose(fpr, sk_fpr, atol=TOL)
