@@ -7,7 +7,8 @@ drawn patient's cases. Without ``clusters`` every case is its own patient.
 Two intervals are offered: ``"percentile"`` and ``"bca"`` (bias-corrected and
 accelerated; Efron 1987), whose acceleration comes from a leave-one-patient-out
 jackknife. Replicates where the metric is undefined (NaN, e.g. AUC of a resample with
-one class) are dropped and counted.
+one class) are dropped and counted; more than 10 % undefined is an error, since
+the remaining replicates would no longer represent the data.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _drop_invalid(replicates: NDArray[np.float64], what: str) -> NDArray[np.floa
         np.all(np.isfinite(replicates), axis=-1) if replicates.ndim > 1 else np.isfinite(replicates)
     )
     dropped = int(replicates.shape[0] - valid.sum())
-    if dropped > replicates.shape[0] // 2:
+    if dropped > 0.1 * replicates.shape[0]:
         raise ValueError(
             f"{what} was undefined in {dropped} of {replicates.shape[0]} bootstrap replicates "
             "(too few cases or a single class); report it without an interval"
