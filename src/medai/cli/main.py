@@ -6,6 +6,7 @@ import typer
 
 from medai import __version__
 from medai.cli.console import console, setup_logging
+from medai.cli.io_cmd import io_app
 
 app = typer.Typer(
     name="medai",
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(io_app, name="io")
 
 
 @app.callback()

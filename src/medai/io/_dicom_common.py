@@ -249,6 +249,21 @@ def _enhanced_frame(
     )
 
 
+def _little_endian_palette(ds: Dataset) -> Dataset:
+    """``ds`` with 16-bit palette tables byte-swapped to little endian when it was read
+    from a big-endian file (pydicom reads non-segmented tables as little endian)."""
+    if ds.original_encoding[1] is not False:
+        return ds
+    for colour in ("Red", "Green", "Blue"):
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        if data is None or descriptor is None or int(descriptor[2]) != 16:
+            continue
+        table = np.frombuffer(bytes(data), dtype=">u2").astype("<u2")
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table.tobytes())
+    return ds
+
+
 def decode_frames(ds: Dataset, path: Path) -> NDArray[Any]:
     """All frames of ``ds`` as ``(frames, rows, columns, samples)`` (RGB for colour).
 
@@ -262,7 +277,7 @@ def decode_frames(ds: Dataset, path: Path) -> NDArray[Any]:
         try:
             array = ds.pixel_array
             if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-                array = pydicom.pixels.apply_color_lut(array, ds)
+                array = pydicom.pixels.apply_color_lut(array, _little_endian_palette(ds))
         except Exception as exc:
             what = "is truncated" if "less than expected" in str(exc) else "cannot be decoded"
             raise ImageReadError(path, f"pixel data {what} ({exc})") from exc

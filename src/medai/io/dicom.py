@@ -155,10 +155,11 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
         except ImageReadError as exc:
             logger.info("skipping %s: %s", path, exc.reason)
             continue
-        if "Rows" not in ds or "SeriesInstanceUID" not in ds:
-            logger.info("skipping %s: not an image (no Rows or SeriesInstanceUID)", path)
+        if "Rows" not in ds:
+            logger.info("skipping %s: not an image (no Rows attribute)", path)
             continue
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID: {path.name})")
+        groups.setdefault(uid, []).append((path, ds))
     return groups
 
 
