@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from medai.errors import GeometryError, ImageReadError
+from medai.errors import ImageReadError
 from medai.image import ScalarImage
 from medai.io import read_dicom, read_image
 
@@ -80,12 +80,7 @@ def test_every_file_reads_or_fails_clearly(name: str) -> None:
             read_image(path)
         assert name in str(info.value)
         return
-    try:
-        image = read_image(path)
-    except (ImageReadError, GeometryError) as exc:  # a clean failure must name file + reason
-        assert name in str(exc)
-        assert len(str(exc)) > len(str(path)) + 10
-        return
+    image = read_image(path)  # every other file must read: pixels and geometry
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     assert isinstance(image, ScalarImage)
