@@ -1,1 +1,48 @@
-"""medai.data."""
+"""Datasets: the manifest, importers, checks, splits and a quick look at a case."""
+
+from medai.data.check import Anomaly, AnomalyKind, CheckReport, check_dataset, robust_z
+from medai.data.importers import (
+    BRATS2021_REGIONS,
+    MSD_BRAIN_REGIONS,
+    attach_clinical,
+    import_brats,
+    import_msd,
+    import_nnunet_raw,
+)
+from medai.data.importers_tabular import (
+    import_class_folders,
+    import_csv,
+    import_dataset,
+    import_deephealth_yaml,
+    import_medmnist_npz,
+)
+from medai.data.manifest import SPLIT_NAMES, Case, Dataset, Splits, TaskType, region_masks
+from medai.data.show import render_case_png
+from medai.data.split import split_dataset
+
+__all__ = [
+    "BRATS2021_REGIONS",
+    "MSD_BRAIN_REGIONS",
+    "SPLIT_NAMES",
+    "Anomaly",
+    "AnomalyKind",
+    "Case",
+    "CheckReport",
+    "Dataset",
+    "Splits",
+    "TaskType",
+    "attach_clinical",
+    "check_dataset",
+    "import_brats",
+    "import_class_folders",
+    "import_csv",
+    "import_dataset",
+    "import_deephealth_yaml",
+    "import_medmnist_npz",
+    "import_msd",
+    "import_nnunet_raw",
+    "region_masks",
+    "render_case_png",
+    "robust_z",
+    "split_dataset",
+]

@@ -1,0 +1,272 @@
+"""Importers for volumetric segmentation layouts: MSD, BraTS 2021, nnU-Net raw.
+
+Importers read folder structure and JSON only; they never open an image, so a
+large dataset imports in seconds. Whether the label files agree with the declared
+labels is checked by :func:`medai.data.check_dataset` (kind ``label_values``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medai.data.manifest import Case, Dataset, TaskType
+from medai.errors import DatasetError
+
+__all__ = [
+    "BRATS2021_REGIONS",
+    "MSD_BRAIN_REGIONS",
+    "attach_clinical",
+    "import_brats",
+    "import_msd",
+    "import_nnunet_raw",
+]
+
+logger = logging.getLogger(__name__)
+
+MSD_BRAIN_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+BRATS2021_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
+BRATS2021_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+BRATS2021_LABELS: dict[int, str] = {
+    0: "background",
+    1: "necrotic tumour core",
+    2: "peritumoural oedema",
+    4: "enhancing tumour",
+}
+_NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return data
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ending in (*_NIFTI_ENDINGS, ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return path.stem
+
+
+def _clean(value: Any) -> Any:
+    """Clinical cell → plain YAML value (NaN → None, numpy scalars → Python)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    return value
+
+
+def attach_clinical(
+    cases: list[Case], csv_path: str | Path, *, id_column: str = "patient_id"
+) -> list[Case]:
+    """Join a clinical CSV onto cases: rows match a case's patient id or case id.
+
+    The matched row's columns (except the id column) go into ``case.clinical``.
+    Unmatched cases keep empty clinical data and are logged.
+
+    Raises:
+        DatasetError: If the CSV has no ``id_column``.
+    """
+    csv_path = Path(csv_path)
+    table = pd.read_csv(csv_path, dtype={id_column: str})
+    if id_column not in table.columns:
+        raise DatasetError(
+            f"{csv_path}: no {id_column!r} column to join on; columns are {list(table.columns)}"
+        )
+    rows = {
+        str(r[id_column]): {k: _clean(v) for k, v in r.items() if k != id_column}
+        for r in table.to_dict(orient="records")
+    }
+    out, unmatched = [], []
+    for case in cases:
+        row = rows.get(case.patient_id, rows.get(case.case_id))
+        if row is None:
+            unmatched.append(case.case_id)
+            out.append(case)
+        else:
+            out.append(case.model_copy(update={"clinical": {**case.clinical, **row}}))
+    if unmatched:
+        logger.warning(
+            "%s: no clinical row for %d case(s), e.g. %s", csv_path, len(unmatched), unmatched[:3]
+        )
+    return out
+
+
+def _maybe_clinical(cases: list[Case], folder: Path) -> list[Case]:
+    csv = folder / "clinical.csv"
+    return attach_clinical(cases, csv) if csv.is_file() else cases
+
+
+# -- Medical Segmentation Decathlon ---------------------------------------------------
+def import_msd(folder: str | Path) -> Dataset:
+    """Import a Medical Segmentation Decathlon task folder (``dataset.json``).
+
+    Channel order comes from ``modality`` (keys "0", "1", ... in numeric order),
+    label numbering from ``labels``. Cases are the ``training`` entries (``imagesTs``
+    has no labels and is not imported). A ``clinical.csv`` beside ``dataset.json``
+    is joined by ``patient_id`` (matching the case id, e.g. ``BRATS_001``).
+
+    Raises:
+        DatasetError: If ``dataset.json`` is missing or malformed.
+    """
+    folder = Path(folder).resolve()
+    meta = _read_json(folder / "dataset.json")
+    modality = meta.get("modality") or {"0": "image"}
+    try:
+        channels = [str(modality[k]) for k in sorted(modality, key=int)]
+        labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(
+            f"{folder}/dataset.json: 'modality'/'labels' keys must be integers"
+        ) from exc
+    cases = []
+    for entry in meta.get("training") or []:
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise DatasetError(f"{folder}/dataset.json: training entry {entry!r} has no 'image'")
+        image = (folder / entry["image"]).resolve()
+        label = (folder / entry["label"]).resolve() if entry.get("label") else None
+        case_id = _stem(image)
+        cases.append(Case(patient_id=case_id, case_id=case_id, image=image, label=label))
+    if not cases:
+        raise DatasetError(f"{folder}/dataset.json: 'training' lists no case")
+    names = [labels[k].lower() for k in sorted(labels)]
+    is_brain = len(names) == 4 and "enhanc" in names[3] and "edema" in names[1].replace("oe", "e")
+    return Dataset(
+        name=str(meta.get("name") or folder.name),
+        description=str(meta.get("description") or ""),
+        task=TaskType.SEGMENTATION,
+        channels=channels,
+        labels=labels,
+        regions=dict(MSD_BRAIN_REGIONS) if is_brain else {},
+        cases=_maybe_clinical(cases, folder),
+    )
+
+
+# -- BraTS 2021 -----------------------------------------------------------------------
+def _find_nifti(folder: Path, prefix: str) -> Path | None:
+    for ending in _NIFTI_ENDINGS:
+        candidate = folder / f"{prefix}{ending}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def import_brats(folder: str | Path) -> Dataset:
+    """Import a BraTS 2021 folder: one sub-folder per case holding
+    ``<case>_t1``, ``_t1ce``, ``_t2``, ``_flair`` and (training data) ``_seg`` NIfTIs.
+
+    Labels 0, 1 NCR, 2 ED, 4 ET; regions WT {1, 2, 4}, TC {1, 4}, ET {4}. A channel
+    file that is absent is still listed (at its expected path) so that
+    :func:`check_dataset` reports it as a missing channel.
+
+    Raises:
+        DatasetError: If no case folder is found.
+    """
+    folder = Path(folder).resolve()
+    cases = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not any(_find_nifti(sub, f"{sub.name}_{ch}") for ch in BRATS2021_CHANNELS):
+            continue
+        channels = {
+            ch: _find_nifti(sub, f"{sub.name}_{ch}") or sub / f"{sub.name}_{ch}.nii.gz"
+            for ch in BRATS2021_CHANNELS
+        }
+        label = _find_nifti(sub, f"{sub.name}_seg")
+        cases.append(Case(patient_id=sub.name, case_id=sub.name, channels=channels, label=label))
+    if not cases:
+        raise DatasetError(
+            f"{folder}: no BraTS case folders (expected <case>/<case>_flair.nii.gz, ...)"
+        )
+    return Dataset(
+        name=folder.name,
+        description="BraTS 2021 layout",
+        task=TaskType.SEGMENTATION,
+        channels=list(BRATS2021_CHANNELS),
+        labels=dict(BRATS2021_LABELS),
+        regions={k: list(v) for k, v in BRATS2021_REGIONS.items()},
+        cases=_maybe_clinical(cases, folder),
+    )
+
+
+# -- nnU-Net v2 raw -------------------------------------------------------------------
+def _nnunet_labels(raw: dict[str, Any], where: Path) -> tuple[dict[int, str], dict[str, list[int]]]:
+    labels: dict[int, str] = {}
+    regions: dict[str, list[int]] = {}
+    for name, value in raw.items():
+        if isinstance(value, list):
+            regions[str(name)] = sorted(int(v) for v in value)
+        elif isinstance(value, int | str) and str(value).lstrip("-").isdigit():
+            labels[int(value)] = str(name)
+        else:
+            raise DatasetError(f"{where}: label {name!r} has value {value!r}; need int or list")
+    for members in regions.values():
+        for value in members:
+            labels.setdefault(value, f"label_{value}")
+    if regions:  # region-based training: single labels become one-label regions too
+        for value, name in labels.items():
+            if value != 0 and name not in regions and not name.startswith("label_"):
+                regions[name] = [value]
+    return dict(sorted(labels.items())), regions
+
+
+def import_nnunet_raw(folder: str | Path) -> Dataset:
+    """Import an nnU-Net v2 raw dataset folder (``dataset.json``, ``imagesTr``,
+    ``labelsTr``; channel files ``<case>_<XXXX><file_ending>``).
+
+    ``labels`` may be region-based (a name mapped to a list of values): those
+    entries become :attr:`Dataset.regions`.
+
+    Raises:
+        DatasetError: If ``dataset.json`` lacks ``channel_names``/``labels`` or no case
+            is found.
+    """
+    folder = Path(folder).resolve()
+    meta = _read_json(folder / "dataset.json")
+    if "channel_names" not in meta or "labels" not in meta:
+        raise DatasetError(f"{folder}/dataset.json: nnU-Net needs 'channel_names' and 'labels'")
+    order = sorted(meta["channel_names"], key=int)
+    channels = [str(meta["channel_names"][k]) for k in order]
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    labels, regions = _nnunet_labels(meta["labels"], folder / "dataset.json")
+    images_dir = folder / "imagesTr"
+    suffix0 = f"_{int(order[0]):04d}{ending}"
+    ids = sorted(p.name[: -len(suffix0)] for p in images_dir.glob(f"*{suffix0}"))
+    if not ids:
+        raise DatasetError(f"{images_dir}: no files ending in {suffix0!r}")
+    cases = []
+    for case_id in ids:
+        files = {
+            name: images_dir / f"{case_id}_{int(k):04d}{ending}"
+            for k, name in zip(order, channels, strict=True)
+        }
+        label = folder / "labelsTr" / f"{case_id}{ending}"
+        cases.append(
+            Case(
+                patient_id=case_id,
+                case_id=case_id,
+                channels=files,
+                label=label if label.is_file() else None,
+            )
+        )
+    return Dataset(
+        name=str(meta.get("name") or folder.name),
+        description=str(meta.get("description") or ""),
+        channels=channels,
+        labels=labels,
+        regions=regions,
+        cases=_maybe_clinical(cases, folder),
+    )
