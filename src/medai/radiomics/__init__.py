@@ -1,1 +1,24 @@
-"""medai.radiomics."""
+"""medai.radiomics: IBSI chapter 1 features from an image and a mask.
+
+Feature definitions, names and codes follow the Image Biomarker Standardisation
+Initiative (Zwanenburg et al., Radiology 2020;295:328–338); values are validated on the
+IBSI digital phantom (CC BY 4.0).
+"""
+
+from medai.radiomics.catalogue import FeatureInfo, feature_catalogue
+from medai.radiomics.extract import extract_features, features_table
+from medai.radiomics.roi import Roi, prepare_roi
+from medai.radiomics.settings import Aggregation, Discretisation, Family, RadiomicsSettings
+
+__all__ = [
+    "Aggregation",
+    "Discretisation",
+    "Family",
+    "FeatureInfo",
+    "RadiomicsSettings",
+    "Roi",
+    "extract_features",
+    "feature_catalogue",
+    "features_table",
+    "prepare_roi",
+]

@@ -1,0 +1,144 @@
+"""First-order families: local intensity, intensity statistics, intensity histogram, IVH."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import signal
+
+from medai.radiomics._util import safe_div
+from medai.radiomics.roi import Roi
+
+__all__ = [
+    "histogram_features",
+    "ivh_features",
+    "local_intensity_features",
+    "statistics_features",
+]
+
+
+def _sphere_kernel(radius_mm: float, spacing: tuple[float, float, float]) -> NDArray[np.float64]:
+    half = [math.floor(radius_mm / s) for s in spacing]
+    grids = np.meshgrid(
+        *[np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)], indexing="ij"
+    )
+    dist2 = sum(g**2 for g in grids)
+    return (dist2 <= radius_mm**2 + 1e-9).astype(np.float64)
+
+
+def local_intensity_features(roi: Roi, *, peak_volume_cc: float = 1.0) -> dict[str, float]:
+    """Local and global intensity peaks: mean over a sphere of ``peak_volume_cc``.
+
+    The sphere gathers every image voxel (inside the ROI or not) whose centre lies
+    within its radius; voxels beyond the image edge are left out of the mean.
+    """
+    radius = (3.0 * peak_volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    kernel = _sphere_kernel(radius, roi.spacing)
+    inside = roi.inside.astype(np.float64)
+    sums = signal.fftconvolve(roi.image * inside, kernel, mode="same")
+    counts = signal.fftconvolve(inside, kernel, mode="same")
+    means = sums[roi.int_mask] / np.maximum(np.round(counts[roi.int_mask]), 1.0)
+    values = roi.values
+    local = float(means[values == values.max()].max())
+    return {"peak_loc": local, "peak_glob": float(means.max())}
+
+
+def _moments(x: NDArray[np.float64]) -> dict[str, float]:
+    mean = float(x.mean())
+    dev = x - mean
+    m2 = float(np.mean(dev**2))
+    return {
+        "mean": mean,
+        "var": m2,
+        "skew": safe_div(float(np.mean(dev**3)), m2**1.5),
+        "kurt": safe_div(float(np.mean(dev**4)), m2**2) - 3.0,
+    }
+
+
+def _spread(x: NDArray[np.float64]) -> dict[str, float]:
+    p10, p25, median, p75, p90 = np.percentile(x, [10, 25, 50, 75, 90])
+    mean = float(x.mean())
+    robust = x[(x >= p10) & (x <= p90)]
+    return {
+        "median": float(median),
+        "min": float(x.min()),
+        "p10": float(p10),
+        "p90": float(p90),
+        "max": float(x.max()),
+        "iqr": float(p75 - p25),
+        "range": float(x.max() - x.min()),
+        "mad": float(np.mean(np.abs(x - mean))),
+        "rmad": float(np.mean(np.abs(robust - robust.mean()))),
+        "medad": float(np.mean(np.abs(x - median))),
+        "cov": safe_div(math.sqrt(float(np.var(x))), mean),
+        "qcod": safe_div(float(p75 - p25), float(p75 + p25)),
+    }
+
+
+def statistics_features(roi: Roi) -> dict[str, float]:
+    """Intensity statistics of the intensity mask (IBSI family UHIW)."""
+    x = roi.values
+    out = _moments(x)
+    out.update(_spread(x))
+    out["energy"] = float(np.sum(x**2))
+    out["rms"] = math.sqrt(float(np.mean(x**2)))
+    return out
+
+
+def histogram_features(roi: Roi) -> dict[str, float]:
+    """Intensity-histogram features of the discretised grey levels (IBSI family ZVCW)."""
+    g = roi.grey[roi.int_mask].astype(np.float64)
+    out = _moments(g)
+    out.update(_spread(g))
+    n_levels = roi.n_levels
+    counts = np.bincount(roi.grey[roi.int_mask], minlength=n_levels + 1)[1:].astype(np.float64)
+    p = counts / counts.sum()
+    levels = np.arange(1, n_levels + 1, dtype=np.float64)
+    modes = levels[counts == counts.max()]
+    out["mode"] = float(modes[np.argmin(np.abs(modes - out["mean"]))])
+    nz = p[p > 0]
+    out["entropy"] = float(-(nz * np.log2(nz)).sum())
+    out["uniformity"] = float((p**2).sum())
+    if n_levels < 2:
+        out.update(dict.fromkeys(("max_grad", "max_grad_g", "min_grad", "min_grad_g"), math.nan))
+        return out
+    grad = np.gradient(counts)
+    out["max_grad"] = float(grad.max())
+    out["max_grad_g"] = float(levels[int(np.argmax(grad))])
+    out["min_grad"] = float(grad.min())
+    out["min_grad_g"] = float(levels[int(np.argmin(grad))])
+    return out
+
+
+def ivh_features(roi: Roi) -> dict[str, float]:
+    """Intensity-volume histogram features (IBSI family P88C) at 10 % and 90 %."""
+    grey = roi.ivh_grey[roi.int_mask]
+    values = roi.ivh_values
+    n = len(values) - 1
+    counts = np.bincount(grey, minlength=n + 1)[1:].astype(np.float64)
+    step = float(values[-1] - values[-2]) if n >= 2 else 1.0
+    # grid of levels 1..n plus one level beyond the maximum (volume fraction 0)
+    level_values = np.append(values[1:], values[-1] + step)
+    fraction = np.append(np.cumsum(counts[::-1])[::-1] / counts.sum(), 0.0)
+    present = counts > 0
+    x_min = float(values[1:][present].min())
+    x_max = float(values[1:][present].max())
+    gamma = (level_values - x_min) / (x_max - x_min) if x_max > x_min else None
+
+    def volume_at(x: float) -> float:
+        if gamma is None:
+            return math.nan
+        hit = np.nonzero(gamma >= x - 1e-12)[0]
+        return float(fraction[hit[0]]) if hit.size else 0.0
+
+    def intensity_at(x: float) -> float:
+        hit = np.nonzero(fraction < x)[0]
+        return float(level_values[hit[0]])
+
+    out = {"v10": volume_at(0.10), "v90": volume_at(0.90)}
+    out["i10"], out["i90"] = intensity_at(0.10), intensity_at(0.90)
+    out["diff_v10_v90"] = out["v10"] - out["v90"]
+    out["diff_i10_i90"] = out["i10"] - out["i90"]
+    return out

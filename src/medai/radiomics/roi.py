@@ -1,0 +1,305 @@
+"""Region of interest preparation: checks, crop, resampling, re-segmentation, bins.
+
+:func:`prepare_roi` turns an image and a label map into a :class:`Roi` holding the
+cropped intensities, the morphological mask (the region as drawn, after
+interpolation) and the intensity mask (the region after re-segmentation and NaN
+exclusion), plus the discretised grey levels used by the texture families.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from medai.errors import GeometryError
+from medai.image import Image, LabelMap
+from medai.radiomics.settings import Discretisation, RadiomicsSettings
+
+__all__ = ["Roi", "discretise", "prepare_roi"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A prepared region of interest on a cropped, padded grid.
+
+    Attributes:
+        image: Intensities (float64); 0 outside the source image.
+        inside: True where ``image`` holds a real voxel of the source image.
+        morph_mask: Morphological mask (region as drawn).
+        int_mask: Intensity mask (after re-segmentation and NaN exclusion).
+        grey: Discretised grey levels 1..``n_levels`` inside ``int_mask``, 0 elsewhere.
+        n_levels: Number of grey levels ``Ng``.
+        spacing: Voxel size (mm) along the array axes.
+        ivh_grey: Grey levels of the intensity-volume histogram (0 outside).
+        ivh_values: Intensity of each IVH grey level (index 0 unused).
+    """
+
+    image: NDArray[np.float64]
+    inside: NDArray[np.bool_]
+    morph_mask: NDArray[np.bool_]
+    int_mask: NDArray[np.bool_]
+    grey: NDArray[np.int64]
+    n_levels: int
+    spacing: tuple[float, float, float]
+    ivh_grey: NDArray[np.int64]
+    ivh_values: NDArray[np.float64]
+
+    @property
+    def values(self) -> NDArray[np.float64]:
+        """Intensities inside the intensity mask."""
+        return self.image[self.int_mask]
+
+
+def _region(mask: LabelMap, labels: int | Sequence[int] | None) -> NDArray[np.bool_]:
+    data = mask.numpy3d()
+    if labels is None:
+        region = data > 0
+    else:
+        wanted = [labels] if isinstance(labels, int) else list(labels)
+        region = np.isin(data, wanted)
+    if not region.any():
+        present = [v for v in mask.labels if v != 0]
+        raise ValueError(
+            f"mask has no voxels with label(s) {labels if labels is not None else '> 0'}; "
+            f"labels present: {present or 'none (empty mask)'}: pass a non-empty region"
+        )
+    return np.asarray(region, dtype=bool)
+
+
+def _check_inputs(image: Image, mask: Image) -> None:
+    if not isinstance(image, Image):
+        raise TypeError(f"image must be a ScalarImage; got {type(image).__name__}")
+    if not isinstance(mask, LabelMap):
+        raise TypeError(
+            f"mask must be a LabelMap; got {type(mask).__name__}: wrap it with LabelMap(array, "
+            "affine)"
+        )
+    if image.num_channels != 1 or mask.num_channels != 1:
+        raise ValueError(
+            f"image and mask need one channel each; got {image.num_channels} and "
+            f"{mask.num_channels}: pick one with .channel(i)"
+        )
+    if not image.same_grid(mask):
+        raise GeometryError(
+            f"mask is not on the image grid: image {image.shape} spacing {image.spacing}, "
+            f"mask {mask.shape} spacing {mask.spacing} (affines differ or shapes differ); "
+            "resample the mask onto the image first"
+        )
+
+
+def _crop_box(
+    region: NDArray[np.bool_], margin: Sequence[int]
+) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
+    """Slices of the bounding box grown by ``margin`` and the padding beyond the image."""
+    idx = np.nonzero(region)
+    slices, pads = [], []
+    for axis, n in enumerate(region.shape):
+        lo, hi = int(idx[axis].min()) - margin[axis], int(idx[axis].max()) + 1 + margin[axis]
+        slices.append(slice(max(lo, 0), min(hi, n)))
+        pads.append((max(-lo, 0), max(hi - n, 0)))
+    return tuple(slices), pads
+
+
+def _resample(
+    data: NDArray[Any],
+    spacing: tuple[float, float, float],
+    target: tuple[float, float, float],
+    order: int,
+    fill: float,
+) -> NDArray[np.float64]:
+    """Resample ``data`` onto a centre-aligned grid of voxel size ``target``."""
+    coords = []
+    for n, s_old, s_new in zip(data.shape, spacing, target, strict=True):
+        n_new = max(math.ceil(n * s_old / s_new), 1)
+        centre_old, centre_new = (n - 1) / 2.0, (n_new - 1) / 2.0
+        coords.append(centre_old + (np.arange(n_new) - centre_new) * s_new / s_old)
+    grid = np.meshgrid(*coords, indexing="ij")
+    out = ndimage.map_coordinates(
+        data.astype(np.float64), grid, order=order, mode="constant", cval=fill, prefilter=order > 1
+    )
+    return np.asarray(out, dtype=np.float64)
+
+
+def _resample_all(
+    crop: NDArray[np.float64],
+    region: NDArray[np.bool_],
+    spacing: tuple[float, float, float],
+    settings: RadiomicsSettings,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]:
+    """Resampled intensities, in-image flags and morphological mask of a crop."""
+    target = settings.resample_spacing or spacing
+    finite = np.isfinite(crop)
+    image = _resample(
+        np.where(finite, crop, 0.0), spacing, target, settings.interpolation_order, 0.0
+    )
+    if settings.round_intensities:
+        image = np.round(image)
+    inside = _resample(np.ones(crop.shape), spacing, target, 1, 0.0) > 0.5
+    morph = _resample(region.astype(np.float64), spacing, target, 1, 0.0)
+    return image, inside, morph >= settings.mask_threshold
+
+
+def _resegment(
+    values: NDArray[np.float64], morph: NDArray[np.bool_], settings: RadiomicsSettings
+) -> NDArray[np.bool_]:
+    keep = morph & np.isfinite(values)
+    if settings.resegment_range is not None:
+        low, high = settings.resegment_range
+        if low is not None:
+            keep &= values >= low
+        if high is not None:
+            keep &= values <= high
+    if settings.outlier_sigma is not None and keep.any():
+        inner = values[keep]
+        mu, sd = float(inner.mean()), float(inner.std())
+        keep &= np.abs(values - mu) <= settings.outlier_sigma * sd
+    return keep
+
+
+def discretise(
+    values: NDArray[np.float64], settings: RadiomicsSettings
+) -> tuple[NDArray[np.int64], int]:
+    """Grey levels (1-based) of ``values`` and the number of levels ``Ng``."""
+    if settings.discretisation is Discretisation.FIXED_BIN_NUMBER:
+        n_bins = settings.bin_number
+        lo, hi = float(values.min()), float(values.max())
+        if hi == lo:
+            return np.ones(values.shape, dtype=np.int64), n_bins
+        grey = np.floor(n_bins * (values - lo) / (hi - lo)).astype(np.int64) + 1
+        return np.clip(grey, 1, n_bins), n_bins
+    grey, _ = _fixed_width(values, settings.bin_width, _lower_bound(values, settings))
+    return grey, int(grey.max())
+
+
+def _lower_bound(values: NDArray[np.float64], settings: RadiomicsSettings) -> float:
+    if settings.lower_bound is not None:
+        return settings.lower_bound
+    rng = settings.resegment_range
+    if rng is not None and rng[0] is not None:
+        return float(rng[0])
+    return float(values.min())
+
+
+def _fixed_width(
+    values: NDArray[np.float64], width: float, lower: float
+) -> tuple[NDArray[np.int64], float]:
+    grey = np.floor((values - lower) / width + 1e-9).astype(np.int64) + 1
+    return np.maximum(grey, 1), lower
+
+
+def prepare_roi(
+    image: Image,
+    mask: LabelMap,
+    *,
+    settings: RadiomicsSettings,
+    labels: int | Sequence[int] | None = None,
+) -> Roi:
+    """Check, crop, resample, re-segment and discretise one region of interest.
+
+    Args:
+        image: Intensity image (one channel).
+        mask: Label map on the same grid as ``image``.
+        settings: Extraction settings.
+        labels: Label value(s) forming the region; default every label > 0.
+
+    Returns:
+        The prepared :class:`Roi`.
+
+    Raises:
+        TypeError: If ``mask`` is not a :class:`LabelMap`.
+        GeometryError: If ``mask`` is not on the image grid.
+        ValueError: If the region is empty, or holds NaN with ``nan_policy="raise"``, or
+            nothing survives re-segmentation.
+    """
+    _check_inputs(image, mask)
+    region = _region(mask, labels)
+    data = np.asarray(image.numpy3d(), dtype=np.float64)
+    n_nan = int(np.count_nonzero(~np.isfinite(data[region])))
+    if n_nan and settings.nan_policy == "raise":
+        raise ValueError(
+            f"image holds {n_nan} NaN/infinite value(s) inside the ROI; clean the image or pass "
+            "RadiomicsSettings(nan_policy='exclude') to drop them from the intensity mask"
+        )
+    spacing = image.spacing
+    radius_mm = (3.0 * settings.peak_volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    target = settings.resample_spacing or spacing
+    margin = [math.ceil(radius_mm / min(s, t)) + 2 for s, t in zip(spacing, target, strict=True)]
+    box, pads = _crop_box(region, margin)
+    crop, crop_region = data[box], region[box]
+    inside = np.ones(crop.shape, dtype=bool)
+    if settings.resample_spacing is not None:
+        crop, inside, crop_region = _resample_all(crop, crop_region, spacing, settings)
+        pads = [(margin[a], margin[a]) for a in range(3)]
+        spacing = settings.resample_spacing
+    morph = np.pad(crop_region, pads)
+    if not morph.any():
+        raise ValueError(
+            "the ROI vanished after resampling (thinner than the new voxel size); "
+            "use a finer resample_spacing or a lower mask_threshold"
+        )
+    crop = np.pad(crop, pads)
+    inside = np.pad(inside, pads)
+    int_mask = _resegment(crop, morph, settings)
+    if not int_mask.any():
+        raise ValueError(
+            f"no ROI voxel is left after re-segmentation (range {settings.resegment_range}, "
+            f"outlier_sigma {settings.outlier_sigma}, NaN excluded); widen the range"
+        )
+    return _finish_roi(crop, inside, morph, int_mask, spacing, settings)
+
+
+def _ivh_levels(
+    values: NDArray[np.float64],
+    levels: NDArray[np.int64],
+    n_levels: int,
+    settings: RadiomicsSettings,
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """IVH grey levels and the intensity of each level (bin lower edge; index 0 unused)."""
+    if settings.ivh_bin_width is None:
+        if settings.discretisation is Discretisation.FIXED_BIN_NUMBER:
+            return levels, np.arange(n_levels + 1, dtype=np.float64)
+        lower = _lower_bound(values, settings)
+        return levels, np.asarray(
+            lower + (np.arange(n_levels + 1) - 1.0) * settings.bin_width, np.float64
+        )
+    width = settings.ivh_bin_width
+    ivh, lower = _fixed_width(values, width, _lower_bound(values, settings))
+    return ivh, np.asarray(lower + (np.arange(int(ivh.max()) + 1) - 1.0) * width, np.float64)
+
+
+def _finish_roi(
+    crop: NDArray[np.float64],
+    inside: NDArray[np.bool_],
+    morph: NDArray[np.bool_],
+    int_mask: NDArray[np.bool_],
+    spacing: tuple[float, float, float],
+    settings: RadiomicsSettings,
+) -> Roi:
+    crop = np.where(np.isfinite(crop) & inside, crop, 0.0)
+    values = crop[int_mask]
+    levels, n_levels = discretise(values, settings)
+    grey = np.zeros(crop.shape, dtype=np.int64)
+    grey[int_mask] = levels
+    ivh_levels, ivh_values = _ivh_levels(values, levels, n_levels, settings)
+    ivh_grey = np.zeros(crop.shape, dtype=np.int64)
+    ivh_grey[int_mask] = ivh_levels
+    return Roi(
+        image=crop,
+        inside=inside,
+        morph_mask=morph,
+        int_mask=int_mask,
+        grey=grey,
+        n_levels=int(n_levels),
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        ivh_grey=ivh_grey,
+        ivh_values=np.asarray(ivh_values, dtype=np.float64),
+    )
