@@ -7,6 +7,7 @@ import typer
 from medai import __version__
 from medai.cli.console import console, setup_logging
 from medai.cli.data_cmd import data_app
+from medai.cli.deid_cmd import deid
 from medai.cli.io_cmd import io_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(io_app, name="io")
 app.add_typer(data_app, name="data")
+app.command("deid")(deid)
 
 
 @app.callback()
