@@ -14,6 +14,12 @@ from medai.evaluation.bootstrap import (
     paired_bootstrap,
     paired_bootstrap_mean,
 )
+from medai.evaluation.browser import (
+    BrowserUnavailableError,
+    find_broken_images,
+    find_chromium,
+    screenshot_report,
+)
 from medai.evaluation.calibration import (
     ReliabilityDiagram,
     apply_temperature,
@@ -40,6 +46,17 @@ from medai.evaluation.classification import (
     predicted_labels,
 )
 from medai.evaluation.delong import delong_ci, delong_components, delong_test
+from medai.evaluation.plots import (
+    figure_to_png,
+    plot_bland_altman,
+    plot_case_distribution,
+    plot_confusion_matrix,
+    plot_forest,
+    plot_pr,
+    plot_reliability,
+    plot_roc,
+    png_data_uri,
+)
 from medai.evaluation.regression import (
     BlandAltman,
     RegressionAccumulator,
@@ -48,6 +65,18 @@ from medai.evaluation.regression import (
     compute_r2,
     compute_regression_metrics,
     compute_rmse,
+)
+from medai.evaluation.report import (
+    Answer,
+    ChecklistItem,
+    ReportData,
+    ReportFigure,
+    ReportSection,
+    ReportTable,
+    ci_table,
+    render_report,
+    subgroup_table,
+    write_report,
 )
 from medai.evaluation.segmentation import (
     SegmentationAccumulator,
@@ -63,12 +92,19 @@ from medai.evaluation.segmentation import (
 from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
 
 __all__ = [
+    "Answer",
     "BlandAltman",
+    "BrowserUnavailableError",
+    "ChecklistItem",
     "ClassificationAccumulator",
     "ConfidenceInterval",
     "PairedComparison",
     "RegressionAccumulator",
     "ReliabilityDiagram",
+    "ReportData",
+    "ReportFigure",
+    "ReportSection",
+    "ReportTable",
     "SegmentationAccumulator",
     "SubgroupAnalysis",
     "age_bands",
@@ -77,6 +113,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_interval",
     "bootstrap_mean_ci",
+    "ci_table",
     "compute_absolute_volume_error",
     "compute_accuracy",
     "compute_assd",
@@ -108,9 +145,24 @@ __all__ = [
     "delong_ci",
     "delong_components",
     "delong_test",
+    "figure_to_png",
+    "find_broken_images",
+    "find_chromium",
     "fit_temperature",
     "paired_bootstrap",
     "paired_bootstrap_mean",
+    "plot_bland_altman",
+    "plot_case_distribution",
+    "plot_confusion_matrix",
+    "plot_forest",
+    "plot_pr",
+    "plot_reliability",
+    "plot_roc",
+    "png_data_uri",
     "predicted_labels",
     "reliability_diagram",
+    "render_report",
+    "screenshot_report",
+    "subgroup_table",
+    "write_report",
 ]
