@@ -199,3 +199,17 @@ def test_writer_rejects_bad_input(tmp_path: Path) -> None:
     _write(image.with_array(image.array + 1), tmp_path / "x", overwrite=True)
     assert read_dicom_series(tmp_path / "x").numpy3d().min() == image.numpy3d().min() + 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no staging leftovers
+
+
+def test_files_without_geometry_stack_by_instance_number(tmp_path: Path) -> None:
+    data = np.arange(4 * 3 * 4, dtype=np.float32).reshape(4, 3, 4)
+    files = _write(ScalarImage(data, np.diag([0.5, 0.5, 2.0, 1.0])), tmp_path / "s")
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.save_as(path)
+        path.rename(path.with_name(f"IM{10 - k}.dcm"))  # name order is reversed
+    image = read_dicom_series(tmp_path / "s")
+    assert image.meta["geometry_from_patient"] is False
+    np.testing.assert_array_equal(image.numpy3d(), data)
+    assert image.spacing == pytest.approx((0.5, 0.5, 2.0))

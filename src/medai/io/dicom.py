@@ -160,7 +160,16 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID: {path.name})")
         groups.setdefault(uid, []).append((path, ds))
+    for items in groups.values():  # file order matters only where no geometry is given
+        items.sort(key=lambda item: (_instance_number(item[1]), str(item[0])))
     return groups
+
+
+def _instance_number(ds: Dataset) -> int:
+    try:
+        return int(ds.get("InstanceNumber", None))
+    except (TypeError, ValueError):
+        return 2**31
 
 
 def _describe(uid: str, items: Sequence[tuple[Path, Dataset]]) -> str:
@@ -232,9 +241,9 @@ def _series_info(uid: str, items: Sequence[tuple[Path, Dataset]], folder: Path) 
         spacing = (float(sizes[0]), float(sizes[1]), float(sizes[2]))
         orientation = "".join(str(c) for c in nib.orientations.aff2axcodes(affine))
     except MedaiError as exc:
-        problem = str(exc)
+        problem = str(exc).removeprefix(f"{folder}: ")
     except Exception as exc:  # malformed attribute values surface as many types
-        problem = f"{folder}: malformed DICOM attribute value ({exc})"
+        problem = f"malformed DICOM attribute value ({exc})"
     number = ds.get("SeriesNumber")
     return SeriesInfo(
         uid=uid,
