@@ -13,10 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk  # noqa: N813
+from typer.testing import CliRunner
 
+from medai.cli.main import app
 from medai.errors import ImageReadError
 from medai.image import ScalarImage
-from medai.io import read_dicom, read_image
+from medai.io import find_series, read_dicom, read_image
 
 DATA = Path(pydicom.__file__).parent.parent / "data_store" / "data"
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -182,3 +184,23 @@ def test_pydicom_broken_test_files_fail_clearly(name: str, reason: str) -> None:
     with pytest.raises(ImageReadError, match=reason) as info:
         read_dicom(TEST_FILES / name)
     assert name in str(info.value)
+
+
+def test_find_series_lists_the_whole_folder_series_by_series() -> None:
+    series = find_series(DATA)
+    uids = {str(pydicom.dcmread(DATA / "MR2_UNCR.dcm", stop_before_pixels=True).SeriesInstanceUID)}
+    assert uids <= {s.uid for s in series}
+    assert sum(s.num_files for s in series) == len(list(DATA.iterdir())) - len(BROKEN)
+    ct = next(s for s in series if s.files[0].name == "eCT_Supplemental.dcm")
+    assert ct.size == (512, 512, 2)
+    assert ct.modality == "CT"
+    # The MR2 twins share one SeriesInstanceUID and one position: reported, not raised.
+    mr2 = next(s for s in series if s.uid in uids)
+    assert mr2.problem is not None
+    assert "same slice position" in mr2.problem
+
+
+def test_cli_info_on_the_folder() -> None:
+    result = CliRunner().invoke(app, ["io", "info", str(DATA)])
+    assert result.exit_code == 0, result.output
+    assert "series" in result.output
