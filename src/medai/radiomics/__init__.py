@@ -9,16 +9,33 @@ from medai.radiomics.catalogue import FeatureInfo, feature_catalogue
 from medai.radiomics.extract import extract_features, features_table
 from medai.radiomics.roi import Roi, prepare_roi
 from medai.radiomics.settings import Aggregation, Discretisation, Family, RadiomicsSettings
+from medai.radiomics.survival import SurvivalResult, fit_survival
+from medai.radiomics.survival_metrics import (
+    LogRankResult,
+    compute_c_index,
+    compute_time_dependent_auc,
+    logrank_risk_groups,
+)
+from medai.radiomics.survival_pipeline import SurvivalModel, SurvivalPipeline, SurvivalSettings
 
 __all__ = [
     "Aggregation",
     "Discretisation",
     "Family",
     "FeatureInfo",
+    "LogRankResult",
     "RadiomicsSettings",
     "Roi",
+    "SurvivalModel",
+    "SurvivalPipeline",
+    "SurvivalResult",
+    "SurvivalSettings",
+    "compute_c_index",
+    "compute_time_dependent_auc",
     "extract_features",
     "feature_catalogue",
     "features_table",
+    "fit_survival",
+    "logrank_risk_groups",
     "prepare_roi",
 ]
