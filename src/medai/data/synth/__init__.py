@@ -1,0 +1,19 @@
+"""Synthetic BraTS-like glioma cohort: anatomy, tumours, MR contrasts, clinic, writers."""
+
+from medai.data.synth.clinical import SurvivalModel, draw_survival, survival_covariates
+from medai.data.synth.cohort import CohortInfo, SyntheticCase, generate_case, generate_cohort
+from medai.data.synth.contrast import Site, make_sites
+from medai.data.synth.tumour import Grade
+
+__all__ = [
+    "CohortInfo",
+    "Grade",
+    "Site",
+    "SurvivalModel",
+    "SyntheticCase",
+    "draw_survival",
+    "generate_case",
+    "generate_cohort",
+    "make_sites",
+    "survival_covariates",
+]

@@ -1,0 +1,204 @@
+"""One synthetic glioma case, and a whole cohort written to disk.
+
+Case ``i`` of seed ``s`` draws everything from ``numpy.random.default_rng([s, i])``,
+so it is the same whatever the cohort size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medai.data.synth import anatomy, clinical, contrast, tumour
+from medai.data.synth.tumour import Grade
+from medai.image import LabelMap, ScalarImage
+
+__all__ = ["CohortInfo", "SyntheticCase", "generate_case", "generate_cohort"]
+
+log = logging.getLogger(__name__)
+
+#: Channel order of the 4D image, as in MSD Task01_BrainTumour.
+MSD_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
+_FROM_CONTRAST = (3, 0, 1, 2)  # MSD channel k <- contrast.CONTRASTS index
+LAYOUTS = ("msd", "brats")
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    """A generated case: 4-channel image (FLAIR, T1w, T1gd, T2w), MSD labels, clinic.
+
+    ``clinical`` holds patient_id, age, sex, site, grade and the tumour volumes in mL
+    (survival is drawn for the whole cohort by :func:`generate_cohort`).
+    """
+
+    index: int
+    image: ScalarImage
+    label: LabelMap
+    clinical: dict[str, Any]
+    necrosis: np.ndarray = field(repr=False)  # boolean; MSD merges it into label 2
+
+
+@dataclass(frozen=True)
+class CohortInfo:
+    """What :func:`generate_cohort` wrote."""
+
+    root: Path
+    cases: int
+    spacing: float
+    seed: int
+    layouts: tuple[str, ...]
+    clinical_csv: Path
+    survival_model_json: Path
+    dataset_json: Path | None
+    patient_ids: tuple[str, ...]
+
+
+def _check_args(index: int, spacing: float, sites: int, hgg_fraction: float) -> None:
+    if index < 0:
+        raise ValueError(f"index must be >= 0; got {index}")
+    if not 1.0 <= spacing <= 8.0:
+        raise ValueError(f"spacing must be between 1 and 8 mm; got {spacing}")
+    if not 1 <= sites <= 26:
+        raise ValueError(f"sites must be between 1 and 26; got {sites}")
+    if not 0.0 <= hgg_fraction <= 1.0:
+        raise ValueError(f"hgg_fraction must be between 0 and 1; got {hgg_fraction}")
+
+
+def generate_case(
+    index: int,
+    *,
+    seed: int = 0,
+    spacing: float = 2.0,
+    sites: int = 4,
+    hgg_fraction: float = 0.7,
+    grade: Grade | str | None = None,
+) -> SyntheticCase:
+    """Generate case ``index`` of the cohort drawn from ``seed``.
+
+    Args:
+        index: Case number (0-based); ``patient_id`` is ``SYN{index+1:04d}``.
+        seed: Cohort seed.
+        spacing: Isotropic voxel size in mm (1–8).
+        sites: Number of scanner sites the case is drawn among.
+        hgg_fraction: Probability of a high-grade glioma.
+        grade: Force ``"HGG"`` or ``"LGG"`` (the rest of the draw is unchanged).
+
+    Raises:
+        ValueError: On an out-of-range argument.
+    """
+    _check_args(index, spacing, sites, hgg_fraction)
+    if grade is not None and grade not in tuple(Grade):
+        raise ValueError(f"grade must be 'HGG', 'LGG' or None; got {grade!r}")
+    rng = np.random.default_rng([seed, index])
+    drawn_grade = Grade.HGG if rng.random() < hgg_fraction else Grade.LGG
+    grade_ = drawn_grade if grade is None else Grade(grade)
+    site = contrast.make_sites(sites, seed=seed)[int(rng.integers(sites))]
+    age, sex = clinical.draw_age_sex(rng, grade=grade_)
+    atlas = anatomy.load_atlas(float(spacing))
+    warp = anatomy.draw_warp(rng, age=age)
+    params = tumour.draw_tumour(rng, grade=grade_)
+
+    coords = anatomy.source_coordinates(atlas, warp)
+    plain = anatomy.make_subject(atlas, warp, coords=coords)
+    wm0, brain0 = plain.fractions[2], plain.brain
+    centre = tumour.pick_centre(rng, wm0, brain0, spacing=spacing, params=params)
+    push = tumour.mass_effect_displacement(atlas.shape, centre, spacing=spacing, params=params)
+    subject = anatomy.make_subject(atlas, warp, coords=coords, extra_displacement=push)
+    csf, _, wm = subject.fractions
+    masks = tumour.grow_tumour(params, centre, wm=wm, brain=subject.brain, csf=csf, spacing=spacing)
+    stack = np.stack([masks.oedema, masks.non_enhancing, masks.necrosis, masks.enhancing])
+    images = contrast.render(
+        subject.fractions, stack.astype(np.float32), site=site, spacing=spacing, rng=rng
+    )
+    labels = masks.msd_labels()
+    voxel_ml = spacing**3 / 1000.0
+    info: dict[str, Any] = {
+        "patient_id": f"SYN{index + 1:04d}",
+        "age": age,
+        "sex": sex,
+        "site": site.name,
+        "grade": grade_.value,
+        "wt_ml": round(float((labels > 0).sum() * voxel_ml), 3),
+        "tc_ml": round(float((labels >= 2).sum() * voxel_ml), 3),
+        "et_ml": round(float((labels == 3).sum() * voxel_ml), 3),
+        "ncr_ml": round(float(masks.necrosis.sum() * voxel_ml), 3),
+        "atrophy": round(warp.atrophy, 4),
+    }
+    meta = {"channels": list(MSD_CHANNELS), "patient_id": info["patient_id"], "seed": seed}
+    image = ScalarImage(images[list(_FROM_CONTRAST)], atlas.affine, meta=meta)
+    label = LabelMap(labels[None], atlas.affine, meta={"patient_id": info["patient_id"]})
+    return SyntheticCase(index, image, label, info, masks.necrosis)
+
+
+def generate_cohort(
+    out: str | Path,
+    *,
+    cases: int = 40,
+    spacing: float = 2.0,
+    seed: int = 0,
+    sites: int = 4,
+    layouts: Sequence[str] = ("msd",),
+    hgg_fraction: float = 0.7,
+    dicom: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CohortInfo:
+    """Generate ``cases`` cases and write them to ``out`` in each of ``layouts``.
+
+    Writes ``clinical.csv`` (patient_id, age, sex, site, grade, survival_days, event,
+    volumes) and ``survival_model.json`` (the true model) at the top of ``out``.
+
+    Args:
+        out: Output folder (created).
+        cases: Number of cases (>= 1).
+        spacing: Isotropic voxel size in mm.
+        seed: Cohort seed; case ``i`` does not depend on ``cases``.
+        sites: Number of scanner sites.
+        layouts: Any of ``"msd"`` (Task01_BrainTumour) and ``"brats"`` (BraTS 2021).
+        hgg_fraction: Probability of a high-grade glioma.
+        dicom: Also write one DICOM MR series per contrast under ``dicom/``.
+        progress: Called as ``progress(done, total)`` after each case.
+
+    Raises:
+        ValueError: On a bad argument or unknown layout.
+    """
+    from medai.data.synth import writers
+
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1; got {cases}")
+    bad = [name for name in layouts if name not in LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f"layouts must be a non-empty subset of {LAYOUTS}; got {list(layouts)}")
+    _check_args(0, spacing, sites, hgg_fraction)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for i in range(cases):
+        case = generate_case(i, seed=seed, spacing=spacing, sites=sites, hgg_fraction=hgg_fraction)
+        if "msd" in layouts:
+            writers.write_msd_case(case, root)
+        if "brats" in layouts:
+            writers.write_brats_case(case, root)
+        if dicom:
+            writers.write_dicom_case(case, root, seed=seed)
+        rows.append(case.clinical)
+        log.debug("case %s written", case.clinical["patient_id"])
+        if progress is not None:
+            progress(i + 1, cases)
+    csv_path, model_path = writers.write_clinical(rows, root, seed=seed)
+    dataset_json = writers.write_msd_dataset_json(root, cases) if "msd" in layouts else None
+    return CohortInfo(
+        root=root,
+        cases=cases,
+        spacing=float(spacing),
+        seed=seed,
+        layouts=tuple(layouts),
+        clinical_csv=csv_path,
+        survival_model_json=model_path,
+        dataset_json=dataset_json,
+        patient_ids=tuple(r["patient_id"] for r in rows),
+    )
