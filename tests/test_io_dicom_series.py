@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk  # noqa: N813
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
 from medai.cli.console import console
@@ -76,10 +77,11 @@ def test_series_geometry_matches_medai_and_simpleitk(tmp_path: Path, modality: s
     np.testing.assert_array_equal(ref_pixels, image.numpy3d())
 
 
-def test_float_data_within_half_a_rescale_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("modality", ["MR", "CT"])
+def test_float_data_within_half_a_rescale_step(tmp_path: Path, modality: str) -> None:
     data = np.random.default_rng(1).normal(0, 100, (10, 8, 5)).astype(np.float32)
     image = ScalarImage(data, _oblique_affine())
-    _write(image, tmp_path / "f", modality="CT")
+    _write(image, tmp_path / "f", modality=modality)
     back = read_dicom_series(tmp_path / "f").numpy3d()
     step = float(pydicom.dcmread(tmp_path / "f" / "slice_0001.dcm").RescaleSlope)
     assert step == pytest.approx((data.max() - data.min()) / 65534, rel=1e-6)
@@ -213,3 +215,58 @@ def test_files_without_geometry_stack_by_instance_number(tmp_path: Path) -> None
     assert image.meta["geometry_from_patient"] is False
     np.testing.assert_array_equal(image.numpy3d(), data)
     assert image.spacing == pytest.approx((0.5, 0.5, 2.0))
+
+
+def _enhanced_mr(path: Path, positions: list[float], shared_spacing: bool) -> None:
+    """An Enhanced MR file (from pydicom-data's emri_small pixels) with functional groups:
+    orientation shared, position per frame, pixel measures shared or per frame."""
+    source = Path(pydicom.__file__).parent.parent / "data_store" / "data" / "emri_small.dcm"
+    ds = pydicom.dcmread(source)
+    ds.NumberOfFrames = len(positions)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * 2
+    ds.PixelData = ds.PixelData[: frame_bytes * len(positions)]
+    measures = Dataset()
+    measures.PixelSpacing = ["0.9", "0.6"]
+    measures.SliceThickness = "3"
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = "2", "-10"
+    shared = Dataset()
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelValueTransformationSequence = [transform]
+    if shared_spacing:
+        shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for x in positions:
+        position = Dataset()
+        position.ImagePositionPatient = [x, -50.0, 20.0]
+        item = Dataset()
+        item.PlanePositionSequence = [position]
+        if not shared_spacing:
+            item.PixelMeasuresSequence = [measures]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("shared_spacing", [True, False])
+def test_enhanced_multiframe_orders_frames_and_applies_groups(
+    tmp_path: Path, shared_spacing: bool
+) -> None:
+    positions = [6.0, 0.0, 9.0, 3.0]  # LPS x of each frame, stored out of order
+    _enhanced_mr(tmp_path / "e.dcm", positions, shared_spacing)
+    image = read_image(tmp_path / "e.dcm")
+    raw = pydicom.dcmread(tmp_path / "e.dcm").pixel_array.astype(np.float64)
+    # Slice normal = row (0,1,0) × column (0,0,-1) = (-1,0,0) in LPS: frames go by
+    # decreasing LPS x (9, 6, 3, 0), i.e. increasing RAS x in 3 mm steps from x = -9.
+    order = np.argsort(-np.asarray(positions))
+    np.testing.assert_array_equal(image.numpy3d(), (raw[order] * 2 - 10).transpose(2, 1, 0))
+    expected = np.eye(4)
+    expected[:3, 0] = [0, -0.6, 0]  # along a row: LPS +y = RAS -y, PixelSpacing[1]
+    expected[:3, 1] = [0, 0, -0.9]  # down a column: LPS -z = RAS -z, PixelSpacing[0]
+    expected[:3, 2] = [3.0, 0, 0]
+    expected[:3, 3] = [-9.0, 50, 20]
+    np.testing.assert_allclose(image.affine, expected, atol=1e-6)
+    assert image.meta["Modality"] == "MR"
