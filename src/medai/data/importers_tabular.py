@@ -70,6 +70,33 @@ def _dh_target(label: Any, classes: list[str], root: Path) -> tuple[Any, Path | 
     raise DatasetError(f"label {text!r} is neither a class in {classes} nor an image file")
 
 
+def _dh_case(
+    case_id: str,
+    entry: dict[str, Any],
+    channels: list[str],
+    classes: list[str],
+    features: list[str],
+    root: Path,
+) -> Case:
+    target, label_file = _dh_target(entry.get("label"), classes, root)
+    values = entry.get("values") or {}
+    if isinstance(values, list):
+        names = features or [f"f{i}" for i in range(len(values))]
+        values = dict(zip(names, values, strict=False))
+    locs = entry["location"] if isinstance(entry["location"], list) else [entry["location"]]
+    files = {ch: (root / str(loc)).resolve() for ch, loc in zip(channels, locs, strict=True)}
+    single = len(channels) == 1
+    return Case(
+        patient_id=case_id,
+        case_id=case_id,
+        image=files[channels[0]] if single else None,
+        channels={} if single else files,
+        label=label_file,
+        target=target,
+        clinical={str(k): _clean(v) for k, v in dict(values).items()},
+    )
+
+
 def import_deephealth_yaml(path: str | Path) -> Dataset:
     """Import a DeepHealth Toolkit Dataset Format YAML file.
 
@@ -77,7 +104,9 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
     or a list of paths, taken as channels), ``label`` (class name, class index, list
     of class names, or a ground-truth image path → segmentation) and ``values``
     (features, as a mapping or a list aligned with ``features``). ``split`` index
-    lists ``training``/``validation``/``test`` map to the manifest's splits.
+    lists ``training``/``validation``/``test`` map to the manifest's splits. The
+    format does not declare segmentation label values (ground truths are often
+    0/255 PNGs), so ``labels`` stays empty: declare them in the manifest.
 
     Raises:
         DatasetError: If the YAML is not in this format.
@@ -99,35 +128,17 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
     width = n_channels.pop()
     channels = ["image"] if width == 1 else [f"image_{i}" for i in range(width)]
     stems = [_stem(Path(e["location"][0] if width > 1 else e["location"])) for e in entries]
-    cases, is_seg = [], False
+    cases = []
     for case_id, entry in zip(_unique_ids(stems), entries, strict=True):
         try:
-            target, label_file = _dh_target(entry.get("label"), classes, root)
+            cases.append(_dh_case(case_id, entry, channels, classes, features, root))
         except DatasetError as exc:
             raise DatasetError(f"{path}: image {case_id!r}: {exc}") from exc
-        is_seg = is_seg or label_file is not None
-        values = entry.get("values") or {}
-        if isinstance(values, list):
-            values = dict(
-                zip(features or [f"f{i}" for i in range(len(values))], values, strict=False)
-            )
-        locs = entry["location"] if width > 1 else [entry["location"]]
-        files = {ch: (root / str(loc)).resolve() for ch, loc in zip(channels, locs, strict=True)}
-        case = Case(
-            patient_id=case_id,
-            case_id=case_id,
-            image=files["image"] if width == 1 else None,
-            channels={} if width == 1 else files,
-            label=label_file,
-            target=target,
-            clinical={str(k): _clean(v) for k, v in dict(values).items()},
-        )
-        cases.append(case)
+    is_seg = any(c.label is not None for c in cases)
     ids = [c.case_id for c in cases]
-    split = meta.get("split") or {}
     try:
         splits = Splits.model_validate(
-            {_DH_SPLITS[k]: [ids[int(i)] for i in v] for k, v in split.items()}
+            {_DH_SPLITS[k]: [ids[int(i)] for i in v] for k, v in (meta.get("split") or {}).items()}
         )
     except (KeyError, IndexError) as exc:
         raise DatasetError(
@@ -138,7 +149,6 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
         description=str(meta.get("description") or "").strip(),
         task=TaskType.SEGMENTATION if is_seg else TaskType.CLASSIFICATION,
         channels=channels,
-        labels={0: "background", 1: "foreground"} if is_seg else {},
         classes=[] if is_seg else classes,
         cases=cases,
         splits=splits,

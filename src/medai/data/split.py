@@ -93,20 +93,49 @@ def split_dataset(
     if stratify is not None:
         _check_column(ds, stratify, "stratify")
     groups = _patients(ds)
-    external: list[str] = []
-    if external_site is not None:
-        _check_column(ds, site_column, "site_column")
-        external = [
-            p for p, cases in groups.items() if _value(cases[0], site_column) == external_site
-        ]
-        if not external:
-            raise DatasetError(f"no patient has {site_column}={external_site!r}")
-        if len(external) == len(groups):
-            raise DatasetError(f"every patient is at site {external_site!r}; none left to train on")
+    external = _external(ds, groups, external_site, site_column)
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, cases in sorted(groups.items()):
         if patient not in external:
             strata[_value(cases[0], stratify) if stratify else ""].append(patient)
+    chosen, fold_lists = _allocate(strata, test, validation, folds, seed)
+    chosen["external"] = sorted(external)
+
+    def case_ids(patients: list[str]) -> list[str]:
+        return [c.case_id for p in patients for c in groups[p]]
+
+    splits = Splits(
+        train=case_ids(chosen["train"]),
+        validation=case_ids(chosen["validation"]),
+        test=case_ids(chosen["test"]),
+        external=case_ids(chosen["external"]),
+        folds=[case_ids(f) for f in fold_lists],
+        seed=seed,
+        stratify=stratify,
+    )
+    logger.info("split %s: %s", ds.name, {k: len(v) for k, v in chosen.items()})
+    return ds.model_copy(update={"splits": splits})
+
+
+def _external(
+    ds: Dataset, groups: dict[str, list[Case]], site: str | None, column: str
+) -> list[str]:
+    """Patients at the held-out ``site`` (none when ``site`` is None)."""
+    if site is None:
+        return []
+    _check_column(ds, column, "site_column")
+    external = [p for p, cases in groups.items() if _value(cases[0], column) == site]
+    if not external:
+        raise DatasetError(f"no patient has {column}={site!r}")
+    if len(external) == len(groups):
+        raise DatasetError(f"every patient is at site {site!r}; none left to train on")
+    return external
+
+
+def _allocate(
+    strata: dict[str, list[str]], test: float, validation: float, folds: int, seed: int
+) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Shuffle each stratum, cut test/validation/train by rounding, deal train into folds."""
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[str]] = defaultdict(list)
     fold_lists: list[list[str]] = [[] for _ in range(folds)]
@@ -120,20 +149,8 @@ def split_dataset(
         chosen["validation"] += patients[n_test : n_test + n_val]
         train = patients[n_test + n_val :]
         chosen["train"] += train
-        for i, patient in enumerate(train):  # round robin, continuing across strata
-            if folds:
+        if folds:  # round robin, continuing across strata so fold sizes stay even
+            for i, patient in enumerate(train):
                 fold_lists[(offset + i) % folds].append(patient)
         offset += len(train)
-    chosen["external"] = sorted(external)
-
-    def case_ids(patients: list[str]) -> list[str]:
-        return [c.case_id for p in patients for c in groups[p]]
-
-    splits = Splits(
-        **{name: case_ids(patients) for name, patients in chosen.items()},
-        folds=[case_ids(f) for f in fold_lists],
-        seed=seed,
-        stratify=stratify,
-    )
-    logger.info("split %s: %s", ds.name, {k: len(v) for k, v in chosen.items()})
-    return ds.model_copy(update={"splits": splits})
+    return chosen, fold_lists
