@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import signal, spatial, special
+from scipy import fft as sp_fft
+from scipy import spatial, special
 from skimage import measure
 
 from medai.radiomics._util import bbox_crop, safe_div
@@ -54,6 +55,28 @@ def _positions(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> 
     return np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
 
 
+def _wrapped_inverse_distance(
+    shape: tuple[int, ...], fft_shape: list[int], spacing: tuple[float, float, float]
+) -> NDArray[np.float64]:
+    """``1/distance`` kernel laid out circularly on ``fft_shape`` (0 at the origin).
+
+    With ``fft_shape ≥ 2·shape − 1`` a circular convolution then equals the linear one
+    at every voxel of the ``shape`` box.
+    """
+    axes = []
+    for m, n, sp in zip(shape, fft_shape, spacing, strict=True):
+        k = np.arange(n)
+        offset = np.where(k < m, k, k - n).astype(np.float64)
+        offset[(k >= m) & (k <= n - m)] = np.inf  # unused wrap-around gap
+        axes.append(offset * sp)
+    grids = np.meshgrid(*axes, indexing="ij")
+    with np.errstate(invalid="ignore"):
+        dist = np.sqrt(sum(g**2 for g in grids))
+    kernel = np.zeros(dist.shape)
+    np.divide(1.0, dist, out=kernel, where=(dist > 0) & np.isfinite(dist))
+    return kernel
+
+
 def _autocorrelation(roi: Roi) -> tuple[float, float]:
     """Moran's I and Geary's C of the intensity mask, exact via FFT convolution."""
     mask, image = bbox_crop(roi.int_mask, roi.image, pad=0)
@@ -62,14 +85,15 @@ def _autocorrelation(roi: Roi) -> tuple[float, float]:
         return math.nan, math.nan
     x = image[mask]
     y = np.where(mask, image - x.mean(), 0.0)
-    grids = np.meshgrid(
-        *[np.arange(-(s - 1), s) * sp for s, sp in zip(mask.shape, roi.spacing, strict=True)],
-        indexing="ij",
+    fft_shape = [sp_fft.next_fast_len(2 * m - 1, real=True) for m in mask.shape]
+    kernel = _wrapped_inverse_distance(mask.shape, fft_shape, roi.spacing)
+    k_hat = sp_fft.rfftn(kernel, s=fft_shape)
+    both = np.stack([mask.astype(np.float64), y])
+    conv = sp_fft.irfftn(
+        sp_fft.rfftn(both, s=fft_shape, axes=(1, 2, 3)) * k_hat, s=fft_shape, axes=(1, 2, 3)
     )
-    dist = np.sqrt(sum(g**2 for g in grids))
-    kernel = np.divide(1.0, dist, out=np.zeros_like(dist), where=dist > 0)
-    k_mask = signal.fftconvolve(mask.astype(np.float64), kernel, mode="same")
-    k_y = signal.fftconvolve(y, kernel, mode="same")
+    box = tuple(slice(0, m) for m in mask.shape)
+    k_mask, k_y = conv[0][box], conv[1][box]
     weight_sum = float(k_mask[mask].sum())
     sum_sq = float((y[mask] ** 2).sum())
     cross = float((y * k_y)[mask].sum())

@@ -284,7 +284,8 @@ def _finish_roi(
     spacing: tuple[float, float, float],
     settings: RadiomicsSettings,
 ) -> Roi:
-    crop = np.where(np.isfinite(crop) & inside, crop, 0.0)
+    inside = inside & np.isfinite(crop)  # NaN voxels never enter a local mean
+    crop = np.where(inside, crop, 0.0)
     values = crop[int_mask]
     levels, n_levels = discretise(values, settings)
     grey = np.zeros(crop.shape, dtype=np.int64)
