@@ -270,3 +270,25 @@ def test_enhanced_multiframe_orders_frames_and_applies_groups(
     expected[:3, 3] = [-9.0, 50, 20]
     np.testing.assert_allclose(image.affine, expected, atol=1e-6)
     assert image.meta["Modality"] == "MR"
+
+
+def test_failed_write_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = _integer_image(np.eye(4), (4, 4, 5))
+    _write(image, tmp_path / "keep")
+    before = sorted(p.read_bytes() for p in (tmp_path / "keep").iterdir())
+    calls = {"n": 0}
+    original = pydicom.dataset.Dataset.save_as
+
+    def failing_save(self: Dataset, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        _write(image.with_array(image.array * 2), tmp_path / "keep", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    assert sorted(p.read_bytes() for p in (tmp_path / "keep").iterdir()) == before
