@@ -282,3 +282,26 @@ def test_import_dataset_detects_formats(tmp_path: Path) -> None:
     assert import_dataset(tmp_path / "msd").model_dump() == msd.model_dump()  # dataset.yaml wins
     with pytest.raises(DatasetError, match="not a known dataset layout"):
         import_dataset(tmp_path / "brats" / "BraTS2021_00000")
+
+
+# -- clinical join --------------------------------------------------------------------
+def test_clinical_joined_by_case_column_sets_patient(tmp_path: Path) -> None:
+    """A CSV one folder up with its own patient ids and a column of case ids."""
+    root = write_msd(tmp_path / "Task01", 3, clinical=False)
+    (tmp_path / "clinical.csv").write_text(
+        "patient_id,age,msd_case_id\nSYN0001,50,BRATS_001\nSYN0001,51,BRATS_002\n"
+        "SYN0003,70,BRATS_003\n"
+    )
+    ds = import_msd(root)
+    assert [(c.case_id, c.patient_id, c.clinical) for c in ds.cases] == [
+        ("BRATS_001", "SYN0001", {"age": 50}),
+        ("BRATS_002", "SYN0001", {"age": 51}),
+        ("BRATS_003", "SYN0003", {"age": 70}),
+    ]
+
+
+def test_clinical_without_id_column_is_an_error(tmp_path: Path) -> None:
+    root = write_msd(tmp_path, 2, clinical=False)
+    (root / "clinical.csv").write_text("age,sex\n50,F\n60,M\n")
+    with pytest.raises(DatasetError, match="no column names the cases"):
+        import_msd(root)

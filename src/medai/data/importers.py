@@ -70,35 +70,58 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def attach_clinical(
-    cases: list[Case], csv_path: str | Path, *, id_column: str = "patient_id"
-) -> list[Case]:
-    """Join a clinical CSV onto cases: rows match a case's patient id or case id.
+def _case_column(table: pd.DataFrame, case_ids: set[str], skip: str) -> str | None:
+    """The column (other than ``skip``) whose values name the most case ids, if any."""
+    best, overlap = None, 0
+    for column in table.columns:
+        if column == skip:
+            continue
+        hits = len(case_ids & {str(v) for v in table[column]})
+        if hits > overlap:
+            best, overlap = str(column), hits
+    return best
 
-    The matched row's columns (except the id column) go into ``case.clinical``.
-    Unmatched cases keep empty clinical data and are logged.
+
+def attach_clinical(
+    cases: list[Case], csv_path: str | Path, *, patient_column: str = "patient_id"
+) -> list[Case]:
+    """Join a clinical CSV onto cases.
+
+    A row belongs to a case when a column holds the case id (``case_id``, or any
+    column whose values are case ids, e.g. ``msd_case_id``); otherwise when
+    ``patient_column`` holds the case's patient (or case) id. A row matched by case
+    id also sets the case's patient id from ``patient_column``, so several scans of
+    one patient stay together. The remaining columns go into ``case.clinical``;
+    unmatched cases keep what they had and are logged.
 
     Raises:
-        DatasetError: If the CSV has no ``id_column``.
+        DatasetError: If no column of the CSV matches any case.
     """
     csv_path = Path(csv_path)
-    table = pd.read_csv(csv_path, dtype={id_column: str})
-    if id_column not in table.columns:
+    table = pd.read_csv(csv_path)
+    case_col = _case_column(table, {c.case_id for c in cases}, patient_column)
+    records = table.to_dict(orient="records")
+    by_case = {str(r[case_col]): r for r in records} if case_col else {}
+    by_patient = {str(r[patient_column]): r for r in records} if patient_column in table else {}
+    if not by_case and not by_patient:
         raise DatasetError(
-            f"{csv_path}: no {id_column!r} column to join on; columns are {list(table.columns)}"
+            f"{csv_path}: no column names the cases; add {patient_column!r} or 'case_id' "
+            f"(columns are {list(table.columns)})"
         )
-    rows = {
-        str(r[id_column]): {k: _clean(v) for k, v in r.items() if k != id_column}
-        for r in table.to_dict(orient="records")
-    }
     out, unmatched = [], []
     for case in cases:
-        row = rows.get(case.patient_id, rows.get(case.case_id))
+        row = by_case.get(case.case_id)
+        update: dict[str, Any] = {}
+        if row is not None and _clean(row.get(patient_column)) is not None:
+            update["patient_id"] = str(row[patient_column])
+        row = row or by_patient.get(case.patient_id) or by_patient.get(case.case_id)
         if row is None:
             unmatched.append(case.case_id)
             out.append(case)
-        else:
-            out.append(case.model_copy(update={"clinical": {**case.clinical, **row}}))
+            continue
+        extra = {str(k): _clean(v) for k, v in row.items() if k not in (patient_column, case_col)}
+        update["clinical"] = {**case.clinical, **extra}
+        out.append(case.model_copy(update=update))
     if unmatched:
         logger.warning(
             "%s: no clinical row for %d case(s), e.g. %s", csv_path, len(unmatched), unmatched[:3]
@@ -107,8 +130,11 @@ def attach_clinical(
 
 
 def _maybe_clinical(cases: list[Case], folder: Path) -> list[Case]:
-    csv = folder / "clinical.csv"
-    return attach_clinical(cases, csv) if csv.is_file() else cases
+    """Join ``clinical.csv`` from the dataset folder, or else from its parent."""
+    for csv in (folder / "clinical.csv", folder.parent / "clinical.csv"):
+        if csv.is_file():
+            return attach_clinical(cases, csv)
+    return cases
 
 
 # -- Medical Segmentation Decathlon ---------------------------------------------------
@@ -118,7 +144,7 @@ def import_msd(folder: str | Path) -> Dataset:
     Channel order comes from ``modality`` (keys "0", "1", ... in numeric order),
     label numbering from ``labels``. Cases are the ``training`` entries (``imagesTs``
     has no labels and is not imported). A ``clinical.csv`` beside ``dataset.json``
-    is joined by ``patient_id`` (matching the case id, e.g. ``BRATS_001``).
+    (or one folder up) is joined with :func:`attach_clinical`.
 
     Raises:
         DatasetError: If ``dataset.json`` is missing or malformed.
