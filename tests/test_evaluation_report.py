@@ -23,6 +23,7 @@ from medai.evaluation import (
     bootstrap_ci,
     bootstrap_mean_ci,
     ci_table,
+    classification_section,
     compute_confusion_matrix,
     compute_roc_auc,
     figure_to_png,
@@ -38,6 +39,8 @@ from medai.evaluation import (
     reliability_diagram,
     render_report,
     screenshot_report,
+    segmentation_section,
+    subgroup_sections,
     subgroup_table,
     write_report,
 )
@@ -177,3 +180,45 @@ def test_chromium_check_detects_a_broken_image(tmp_path: Path) -> None:
     count, broken = find_broken_images(write_report(data, tmp_path / "r.html"))
     assert count == 2
     assert len(broken) == 1
+
+
+def test_section_builders(tmp_path: Path) -> None:
+    data = _data()
+    internal = data[data["split"] == "internal_test"]
+    clf = classification_section(
+        "Internal test set",
+        internal["y_true"],
+        internal["y_score"],
+        clusters=internal["patient"],
+        n_resamples=100,
+    )
+    assert [row[0] for row in clf.tables[0].rows][:2] == ["ROC-AUC", "PR-AUC (average precision)"]
+    auc_row = clf.tables[0].rows[0]
+    assert float(auc_row[1]) == pytest.approx(
+        compute_roc_auc(internal["y_true"], internal["y_score"]), abs=5e-4
+    )
+    assert len(clf.figures) == 4
+    multi = classification_section(
+        "Three classes",
+        np.arange(30) % 3,
+        np.eye(3)[np.arange(30) % 3] * 0.7 + 0.1,
+        n_resamples=100,
+    )
+    assert len(multi.figures) == 2  # reliability + confusion; no binary ROC/PR
+    seg = segmentation_section(
+        "Segmentation",
+        data.rename(columns={"dice": "WT/dice"}),
+        patient="patient",
+        n_resamples=100,
+    )
+    assert seg.tables[0].rows[0][0] == "WT/dice"
+    with pytest.raises(ValueError, match="no column for metrics"):
+        segmentation_section("x", data, metrics=("hd95",))
+    groups = analyse_subgroups(
+        data, by="site", metric=compute_roc_auc, patient="patient", split="split", n_resamples=100
+    )
+    subs = subgroup_sections(groups)
+    assert [s.title for s in subs] == ["Subgroups — internal_test", "Subgroups — external_test"]
+    assert any("Flagged: site = C" in p for p in subs[0].paragraphs)
+    html = render_report(ReportData(title="r", sections=[clf, seg, *subs]))
+    assert html.count("<img ") == 4 + 1 + 2

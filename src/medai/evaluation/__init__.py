@@ -78,6 +78,11 @@ from medai.evaluation.report import (
     subgroup_table,
     write_report,
 )
+from medai.evaluation.sections import (
+    classification_section,
+    segmentation_section,
+    subgroup_sections,
+)
 from medai.evaluation.segmentation import (
     SegmentationAccumulator,
     compute_absolute_volume_error,
@@ -114,6 +119,7 @@ __all__ = [
     "bootstrap_interval",
     "bootstrap_mean_ci",
     "ci_table",
+    "classification_section",
     "compute_absolute_volume_error",
     "compute_accuracy",
     "compute_assd",
@@ -163,6 +169,8 @@ __all__ = [
     "reliability_diagram",
     "render_report",
     "screenshot_report",
+    "segmentation_section",
+    "subgroup_sections",
     "subgroup_table",
     "write_report",
 ]

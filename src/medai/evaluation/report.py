@@ -188,28 +188,50 @@ def ci_table(
     return ReportTable(["Metric", "Estimate", f"{pct} % CI", "Interval", "Patients"], rows, caption)
 
 
-def subgroup_table(analysis: SubgroupAnalysis, *, split: str | None = None) -> ReportTable:
+def subgroup_table(
+    analysis: SubgroupAnalysis, *, split: str | None = None, digits: int = 3
+) -> ReportTable:
     """Subgroup results of one split (all when ``split`` is None); flagged rows highlighted."""
     table = analysis.table
     if split is not None and not table.empty:
         table = table[table["split"] == split]
     columns = [
-        "split",
-        "column",
-        "group",
-        "n_cases",
-        "n_patients",
-        "estimate",
-        "low",
-        "high",
-        "gap",
-        "flagged",
-        "reason",
+        "Split",
+        "Column",
+        "Group",
+        "Cases",
+        "Patients",
+        "Estimate",
+        "95 % CI",
+        "Gap",
+        "Flagged",
+        "Reason",
     ]
-    shown = table.reindex(columns=columns).reset_index(drop=True)
-    flagged = [int(i) for i in shown.index[shown["flagged"].fillna(False).astype(bool)]]
+    rows, flagged = [], []
+    for i, (_, row) in enumerate(table.iterrows()):
+        interval = (
+            "—" if math.isnan(row["low"]) else f"{row['low']:.{digits}f} – {row['high']:.{digits}f}"
+        )
+        rows.append(
+            [
+                str(row["split"]),
+                str(row["column"]),
+                str(row["group"]),
+                str(row["n_cases"]),
+                str(row["n_patients"]),
+                _cell(float(row["estimate"]), f"{{:.{digits}f}}"),
+                interval,
+                _cell(float(row["gap"]), f"{{:+.{digits}f}}"),
+                _cell(bool(row["flagged"]), ""),
+                str(row["reason"]),
+            ]
+        )
+        if row["flagged"]:
+            flagged.append(i)
+    if split is not None:
+        columns, rows = columns[1:], [r[1:] for r in rows]
     caption = f"{analysis.metric_name} by subgroup" + (f" — {split}" if split else "")
-    return ReportTable.from_frame(shown, caption=caption, highlight=flagged)
+    return ReportTable(columns, rows, caption, flagged)
 
 
 def _environment() -> jinja2.Environment:
