@@ -9,6 +9,7 @@ from medai.cli.console import console, setup_logging
 from medai.cli.data_cmd import data_app
 from medai.cli.deid_cmd import deid
 from medai.cli.io_cmd import io_app
+from medai.cli.seg_cmd import register_seg_commands
 from medai.cli.synth_cmd import synth_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.add_typer(io_app, name="io")
 app.add_typer(data_app, name="data")
 app.add_typer(synth_app, name="synth")
 app.command("deid")(deid)
+register_seg_commands(app)
 
 
 @app.callback()

@@ -134,7 +134,7 @@ def as_cohort(source: Any) -> SegCohort:
         if (root / "dataset.json").is_file():
             return _msd_cohort(root)
         try:
-            from medai.data import import_dataset  # type: ignore[attr-defined]
+            from medai.data import import_dataset
         except ImportError:
             raise DatasetError(f"{root}: not an MSD folder (no dataset.json)") from None
         return _dataset_cohort(import_dataset(root))

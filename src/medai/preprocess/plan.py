@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medai.fsutil import atomic_write_text
 
@@ -67,6 +67,11 @@ class NetworkPlan(_Strict):
     residual_units: int = Field(default=2, ge=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
+    @property
+    def downsampling(self) -> int:
+        """Total down-sampling factor; patch sides must be multiples of it."""
+        return 2 ** (min(self.depth, 4) - 1 if self.architecture == "segresnet" else self.depth - 1)
+
 
 class TrainPlan(_Strict):
     """Optimisation, sampling and budget."""
@@ -81,12 +86,16 @@ class TrainPlan(_Strict):
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     grad_clip: float = Field(default=12.0, gt=0)
     loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
-    pos_fraction: float = Field(default=0.67, ge=0, le=1, description="share of tumour-centred patches")
+    pos_fraction: float = Field(
+        default=0.67, ge=0, le=1, description="share of tumour-centred patches"
+    )
     augment: bool = True
     amp: bool = True
     val_every: int = Field(default=2, ge=1)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
-    early_stop_patience: int | None = Field(default=None, ge=1, description="validations without gain")
+    early_stop_patience: int | None = Field(
+        default=None, ge=1, description="validations without gain"
+    )
     checkpoint_every_steps: int = Field(default=0, ge=0, description="0: only at epoch ends")
     num_workers: int = Field(default=0, ge=0)
     seed: int = 0
@@ -120,6 +129,18 @@ class Plan(_Strict):
     train: TrainPlan = TrainPlan()
     inference: InferencePlan = InferencePlan()
     notes: dict[str, Any] = Field(default_factory=dict, description="planner's reasoning")
+
+    @model_validator(mode="after")
+    def _patch_fits_network(self) -> Plan:
+        m = self.network.downsampling
+        patch = self.train.patch_size
+        if any(p % m or p < 2 * m for p in patch):
+            raise ValueError(
+                f"train.patch_size {patch} does not fit a {self.network.architecture} of depth "
+                f"{self.network.depth}: each side must be a multiple of {m} and at least {2 * m} "
+                "(lower network.depth or enlarge the patch)"
+            )
+        return self
 
     @field_validator("regions")
     @classmethod

@@ -1,0 +1,64 @@
+"""Sliding-window inference with Gaussian blending and optional flip TTA (MONAI)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+__all__ = ["predict_probabilities"]
+
+
+def predict_probabilities(
+    model: nn.Module,
+    image: NDArray[Any],
+    *,
+    patch_size: tuple[int, int, int],
+    overlap: float = 0.5,
+    tta_flips: bool = False,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    sw_batch_size: int = 2,
+) -> NDArray[np.float32]:
+    """Sigmoid region probabilities ``(R, x, y, z)`` for a ``(C, x, y, z)`` image.
+
+    Args:
+        model: Network returning one logit per region.
+        image: Preprocessed channels-first array.
+        patch_size: Window size (the training patch).
+        overlap: Window overlap fraction; windows are blended with a Gaussian.
+        tta_flips: Average over the 8 flip combinations of the three axes.
+        device: Where to run.
+        amp: Use mixed precision (CUDA only).
+        sw_batch_size: Windows per forward pass.
+    """
+    from monai.inferers import sliding_window_inference
+
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, x, y, z); got shape {image.shape}")
+    dev = torch.device(device)
+    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=dev)[None]
+    flips: list[tuple[int, ...]] = [()]
+    if tta_flips:
+        flips = [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
+    was_training = model.training
+    model.eval()
+    total: torch.Tensor | None = None
+    use_amp = amp and dev.type == "cuda"
+    with torch.no_grad(), torch.autocast(dev.type, enabled=use_amp):
+        for dims in flips:
+            inp = torch.flip(x, dims) if dims else x
+            logits = sliding_window_inference(
+                inp, patch_size, sw_batch_size, model, overlap=overlap, mode="gaussian"
+            )
+            assert isinstance(logits, torch.Tensor)
+            prob = torch.sigmoid(logits.float())
+            prob = torch.flip(prob, dims) if dims else prob
+            total = prob if total is None else total + prob
+    model.train(was_training)
+    assert total is not None
+    return (total / len(flips))[0].cpu().numpy().astype(np.float32)

@@ -1,0 +1,65 @@
+"""What a training run reports while it runs: step, validation and end events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunResult", "StepInfo", "TrainCallback", "ValidationInfo"]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """After one optimiser step."""
+
+    epoch: int
+    global_step: int
+    total_steps: int | None
+    loss: float
+    lr: float
+    samples_per_s: float
+    elapsed_s: float
+    progress: float
+    best_score: float | None
+
+
+@dataclass(frozen=True)
+class ValidationInfo:
+    """After one validation."""
+
+    epoch: int
+    dice: dict[str, float]
+    mean_dice: float
+    is_best: bool
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    best_score: float
+    best_epoch: int
+    best_dice: dict[str, float]
+    epochs: int
+    steps: int
+    stopped: str
+    kpis: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainCallback:
+    """Override what you need; the library calls these and never prints."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Run set up: ``info`` holds case counts, device, plan summary."""
+
+    def on_step(self, step: StepInfo) -> None:
+        """After every optimiser step."""
+
+    def on_validation(self, result: ValidationInfo) -> None:
+        """After every validation."""
+
+    def on_end(self, result: RunResult) -> None:
+        """Run finished (budget spent, epochs done, or stopped early)."""
