@@ -137,3 +137,10 @@ def test_non_dicom_files_in_a_series_folder_are_skipped(tmp_path: Path) -> None:
     _series(tmp_path / "s")
     (tmp_path / "s" / "notes.txt").write_text("scanner notes")
     assert read_image(tmp_path / "s").shape == (4, 3, 5)
+
+
+def test_truncated_file_inside_a_series_folder(tmp_path: Path) -> None:
+    files = _series(tmp_path / "s")
+    files[2].write_bytes(files[2].read_bytes()[:-7])
+    with pytest.raises(ImageReadError, match=r"slice_0003\.dcm: pixel data is truncated"):
+        read_dicom_series(tmp_path / "s")

@@ -43,6 +43,9 @@ META_KEYWORDS = (
     "PhotometricInterpretation",
 )
 
+#: Values larger than this many bytes are read lazily when ``defer=True``.
+DEFER_SIZE = 4096
+
 #: Default image plane when a file carries no patient geometry: rows along +x (L),
 #: columns along +y (P) in DICOM's LPS frame, i.e. the usual radiograph display.
 DEFAULT_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
@@ -58,11 +61,13 @@ def pydicom_warnings_to_log(path: Path) -> Iterator[None]:
         logger.info("%s: %s", path, item.message)
 
 
-def load_dataset(path: Path, *, pixels: bool = True) -> Dataset:
+def load_dataset(path: Path, *, pixels: bool = True, defer: bool = False) -> Dataset:
     """Read one DICOM file (with or without its pixel data).
 
     Files without the 128-byte preamble (old ACR-NEMA style) are accepted when a
-    forced read finds an image header in them.
+    forced read finds an image header in them. With ``defer``, large values (pixel
+    data) are read from disk only when first used, so a folder can be scanned once
+    and only the chosen series decoded.
 
     Raises:
         ImageReadError: If the file is missing, not DICOM, or cannot be parsed.
@@ -72,9 +77,11 @@ def load_dataset(path: Path, *, pixels: bool = True) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds: Dataset = pydicom.dcmread(path, stop_before_pixels=not pixels)
+            ds: Dataset = pydicom.dcmread(
+                path, stop_before_pixels=not pixels, defer_size=DEFER_SIZE if defer else None
+            )
         except InvalidDicomError:
-            ds = _forced_read(path, pixels=pixels)
+            ds = _forced_read(path, pixels=pixels, defer=defer)
         except Exception as exc:
             raise ImageReadError(path, f"DICOM file is truncated or corrupt ({exc})") from exc
     for item in caught:
@@ -85,10 +92,15 @@ def load_dataset(path: Path, *, pixels: bool = True) -> Dataset:
     return ds
 
 
-def _forced_read(path: Path, *, pixels: bool) -> Dataset:
+def _forced_read(path: Path, *, pixels: bool, defer: bool) -> Dataset:
     reason = "not a DICOM file (no 'DICM' marker and no readable DICOM header)"
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=not pixels)
+        ds = pydicom.dcmread(
+            path,
+            force=True,
+            stop_before_pixels=not pixels,
+            defer_size=DEFER_SIZE if defer else None,
+        )
     except Exception as exc:
         raise ImageReadError(path, reason) from exc
     if not all(keyword in ds for keyword in ("Rows", "Columns", "PixelData")):

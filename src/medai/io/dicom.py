@@ -144,14 +144,16 @@ def _candidate_files(folder: Path) -> list[Path]:
     )
 
 
-def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
-    """Headers of the image files under ``folder``, grouped by SeriesInstanceUID."""
+def _scan(folder: Path, *, pixels: bool) -> dict[str, list[tuple[Path, Dataset]]]:
+    """The image files under ``folder``, grouped by SeriesInstanceUID.
+
+    With ``pixels``, the pixel data stay on disk until decoded (deferred read)."""
     if not folder.is_dir():
         raise ImageReadError(folder, "folder not found")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for path in _candidate_files(folder):
         try:
-            ds = load_dataset(path, pixels=False)
+            ds = load_dataset(path, pixels=pixels, defer=pixels)
         except ImageReadError as exc:
             logger.info("skipping %s: %s", path, exc.reason)
             continue
@@ -219,10 +221,9 @@ def read_dicom_series(
     """
     folder = Path(source)
     with pydicom_warnings_to_log(folder):
-        chosen = _select(folder, _scan(folder), series_uid)
-        items = [(path, load_dataset(path)) for path, _ in chosen]
+        items = _select(folder, _scan(folder, pixels=True), series_uid)
         image = _build(items, folder, kind)
-    image.meta["files"] = [str(p) for p, _ in chosen]
+    image.meta["files"] = [str(p) for p, _ in items]
     return image
 
 
@@ -272,7 +273,7 @@ def find_series(folder: str | Path) -> list[SeriesInfo]:
     """
     root = Path(folder)
     with pydicom_warnings_to_log(root):
-        infos = [_series_info(uid, items, root) for uid, items in _scan(root).items()]
+        infos = [_series_info(uid, items, root) for uid, items in _scan(root, pixels=False).items()]
     return sorted(infos, key=lambda s: (s.study_uid, s.series_number or 0, s.uid))
 
 
