@@ -42,6 +42,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels.utils import get_expected_length
 from pydicom.sequence import Sequence
 
 from medai.fsutil import atomic_path, atomic_write_text
@@ -501,6 +502,36 @@ def _read(path: Path) -> Dataset | str:
     return "not a DICOM file (no 'DICM' marker and no parsable SOP instance)"
 
 
+def _check_complete(ds: Dataset) -> None:
+    """An element whose value is shorter than its declared length means a cut file."""
+    for elem in ds.elements():
+        length = getattr(elem, "length", 0)
+        value = elem.value
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+            raise ValueError(
+                f"file is truncated: element {_tag_str(elem.tag)} declares {length} bytes "
+                f"but only {len(value)} remain"
+            )
+
+
+def _check_pixel_length(ds: Dataset) -> None:
+    """Native (uncompressed) pixel data shorter than its header says means a cut file."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    pixels = ds.get("PixelData")
+    if not isinstance(pixels, bytes) or (syntax is not None and syntax.is_encapsulated):
+        return
+    try:
+        expected = int(get_expected_length(ds, unit="bytes"))
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return  # header too incomplete to tell; the image readers will say what is wrong
+    if len(pixels) < expected:
+        raise ValueError(
+            f"pixel data is truncated: {len(pixels)} bytes where the header "
+            f"(rows, columns, frames, bits) needs {expected}"
+        )
+
+
 def _deid_one(
     src: Path, dst: Path, label: str, key: bytes, allow: AllowPrivate, report: DeidReport
 ) -> None:
@@ -515,6 +546,8 @@ def _deid_one(
             cut = [m for m in messages if "End of file" in m]
             if cut:  # pydicom reads on past a cut file; the output would hide the damage
                 raise ValueError(f"file is truncated ({cut[0]})")
+            _check_complete(ds)
+            _check_pixel_length(ds)
             out, changes = deidentify_dataset(ds, key=key, allow_private=allow, file_label=label)
             with atomic_path(dst) as tmp:
                 out.save_as(tmp, enforce_file_format=False)
@@ -535,7 +568,7 @@ def _deid_one(
 
 def _redact(message: str) -> str:
     """A reader's message without the attribute values it quotes (they may identify)."""
-    return re.sub(r"'[^']*'", "'…'", message)
+    return re.sub(r":\s*'[^']*'", ": '…'", message)
 
 
 def _write_audit(path: Path, changes: list[Change]) -> None:
