@@ -190,16 +190,42 @@ def test_resampling_keeps_volume_of_a_box() -> None:
     assert f["morph_vol_approx"] == pytest.approx(6 * 6 * 8, rel=0.15)
 
 
-def test_ivh_fixed_bin_size_uses_bin_edges() -> None:
+def test_ivh_bin_width_uses_bin_centres() -> None:
     values = np.array([0.0, 10.0, 20.0, 30.0]).reshape(4, 1, 1)
     img, lab = _pair(values, np.ones(values.shape))
-    s = RadiomicsSettings(
-        discretisation=Discretisation.FIXED_BIN_SIZE, bin_width=10.0, families=(Family.IVH,)
-    )
+    s = RadiomicsSettings(ivh_mode="bin_width", ivh_bin_width=10.0, families=(Family.IVH,))
     f = extract_features(img, lab, settings=s)
-    assert f["ivh_v10"] == pytest.approx(0.75)  # intensities ≥ 3 are 10, 20, 30
-    assert f["ivh_i90"] == pytest.approx(10.0)
-    assert f["ivh_i10"] == pytest.approx(40.0)  # all of the top level holds 25 % ≥ 10 %
+    # centres 5, 15, 25, 35; G = [5, 25]; volume fractions 1, .75, .5, .25
+    assert f["ivh_v10"] == pytest.approx(0.75)
+    assert f["ivh_v90"] == pytest.approx(0.5)
+    assert f["ivh_i90"] == pytest.approx(15.0)
+    assert f["ivh_i10"] == pytest.approx(45.0)  # even the top bin holds more than 10 %
+
+
+def test_ivh_discrete_uses_resegmentation_range() -> None:
+    values = np.array([0.0, 1.0, 2.0, 3.0]).reshape(4, 1, 1)
+    img, lab = _pair(values, np.ones(values.shape))
+    s = RadiomicsSettings(ivh_mode="discrete", resegment_range=(0.0, 10.0), families=(Family.IVH,))
+    f = extract_features(img, lab, settings=s)
+    assert f["ivh_v10"] == pytest.approx(0.75)  # γ ≥ 0.1 of G = [0, 10]: intensity ≥ 1
+    assert f["ivh_v90"] == pytest.approx(0.0)  # γ ≥ 0.9: intensity ≥ 9, none
+    assert f["ivh_i10"] == pytest.approx(4.0)
+    default = extract_features(img, lab, settings=RadiomicsSettings(families=(Family.IVH,)))
+    # 1000 bins over [0, 3]: levels 1, 334, 667, 1000; level 2 already holds only 75 %
+    assert default["ivh_i90"] == pytest.approx(2.0)
+    assert default["ivh_i10"] == pytest.approx(1001.0)
+
+
+def test_gldzm_distance_ignores_resegmentation_holes() -> None:
+    data = np.ones((9, 9, 9))
+    data[3:6, 3:6, 3:6] = 2.0
+    data[4, 4, 4] = 1000.0  # dropped by re-segmentation: a hole in the intensity mask
+    mask = np.zeros(data.shape, dtype=np.uint8)
+    mask[2:7, 2:7, 2:7] = 1
+    img, lab = _pair(data, mask)
+    s = RadiomicsSettings(bin_number=2, resegment_range=(None, 100.0))
+    f = gldzm_features(prepare_roi(img, lab, settings=s), aggregations=(Aggregation.D3,))
+    assert f["lde_3d"] == pytest.approx((1 + 4) / 2)  # shell at distance 1, core at 2
 
 
 def test_empty_mask_is_a_clear_error() -> None:

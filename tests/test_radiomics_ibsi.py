@@ -51,7 +51,7 @@ def _phantom_features() -> dict[str, float]:
     image = read_nifti(IBSI_DIR / "phantom.nii.gz", kind=ScalarImage)
     mask = read_nifti(IBSI_DIR / "mask.nii.gz", kind=LabelMap)
     # README: no discretisation is equivalent to fixed bin number 6 (levels 1..6).
-    settings = RadiomicsSettings(bin_number=6, aggregations=tuple(Aggregation))
+    settings = RadiomicsSettings(bin_number=6, ivh_mode="discrete", aggregations=tuple(Aggregation))
     return extract_features(image, mask, settings=settings)
 
 

@@ -14,10 +14,10 @@ from medai.radiomics.glcm import glcm_features
 from medai.radiomics.glrlm import glrlm_features
 from medai.radiomics.intensity import (
     histogram_features,
-    ivh_features,
     local_intensity_features,
     statistics_features,
 )
+from medai.radiomics.ivh import ivh_features
 from medai.radiomics.morphology import morphology_features
 from medai.radiomics.neighbourhood import ngldm_features, ngtdm_features
 from medai.radiomics.roi import Roi, prepare_roi
@@ -40,7 +40,7 @@ def _family_values(roi: Roi, family: Family, s: RadiomicsSettings) -> dict[str, 
     if family is Family.HISTOGRAM:
         return histogram_features(roi)
     if family is Family.IVH:
-        return ivh_features(roi)
+        return ivh_features(roi, settings=s)
     if not aggs:
         return {}
     if family is Family.GLCM:

@@ -1,4 +1,4 @@
-"""First-order families: local intensity, intensity statistics, intensity histogram, IVH."""
+"""First-order families: local intensity, intensity statistics, intensity histogram."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from medai.radiomics.roi import Roi
 
 __all__ = [
     "histogram_features",
-    "ivh_features",
     "local_intensity_features",
     "statistics_features",
 ]
@@ -109,36 +108,4 @@ def histogram_features(roi: Roi) -> dict[str, float]:
     out["max_grad_g"] = float(levels[int(np.argmax(grad))])
     out["min_grad"] = float(grad.min())
     out["min_grad_g"] = float(levels[int(np.argmin(grad))])
-    return out
-
-
-def ivh_features(roi: Roi) -> dict[str, float]:
-    """Intensity-volume histogram features (IBSI family P88C) at 10 % and 90 %."""
-    grey = roi.ivh_grey[roi.int_mask]
-    values = roi.ivh_values
-    n = len(values) - 1
-    counts = np.bincount(grey, minlength=n + 1)[1:].astype(np.float64)
-    step = float(values[-1] - values[-2]) if n >= 2 else 1.0
-    # grid of levels 1..n plus one level beyond the maximum (volume fraction 0)
-    level_values = np.append(values[1:], values[-1] + step)
-    fraction = np.append(np.cumsum(counts[::-1])[::-1] / counts.sum(), 0.0)
-    present = counts > 0
-    x_min = float(values[1:][present].min())
-    x_max = float(values[1:][present].max())
-    gamma = (level_values - x_min) / (x_max - x_min) if x_max > x_min else None
-
-    def volume_at(x: float) -> float:
-        if gamma is None:
-            return math.nan
-        hit = np.nonzero(gamma >= x - 1e-12)[0]
-        return float(fraction[hit[0]]) if hit.size else 0.0
-
-    def intensity_at(x: float) -> float:
-        hit = np.nonzero(fraction < x)[0]
-        return float(level_values[hit[0]])
-
-    out = {"v10": volume_at(0.10), "v90": volume_at(0.90)}
-    out["i10"], out["i90"] = intensity_at(0.10), intensity_at(0.90)
-    out["diff_v10_v90"] = out["v10"] - out["v90"]
-    out["diff_i10_i90"] = out["i10"] - out["i90"]
     return out

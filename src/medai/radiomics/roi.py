@@ -22,7 +22,7 @@ from medai.errors import GeometryError
 from medai.image import Image, LabelMap
 from medai.radiomics.settings import Discretisation, RadiomicsSettings
 
-__all__ = ["Roi", "discretise", "prepare_roi"]
+__all__ = ["Roi", "discretise", "lower_bound", "prepare_roi"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ class Roi:
         grey: Discretised grey levels 1..``n_levels`` inside ``int_mask``, 0 elsewhere.
         n_levels: Number of grey levels ``Ng``.
         spacing: Voxel size (mm) along the array axes.
-        ivh_grey: Grey levels of the intensity-volume histogram (0 outside).
-        ivh_values: Intensity of each IVH grey level (index 0 unused).
     """
 
     image: NDArray[np.float64]
@@ -50,8 +48,6 @@ class Roi:
     grey: NDArray[np.int64]
     n_levels: int
     spacing: tuple[float, float, float]
-    ivh_grey: NDArray[np.int64]
-    ivh_values: NDArray[np.float64]
 
     @property
     def values(self) -> NDArray[np.float64]:
@@ -176,11 +172,11 @@ def discretise(
             return np.ones(values.shape, dtype=np.int64), n_bins
         grey = np.floor(n_bins * (values - lo) / (hi - lo)).astype(np.int64) + 1
         return np.clip(grey, 1, n_bins), n_bins
-    grey, _ = _fixed_width(values, settings.bin_width, _lower_bound(values, settings))
+    grey, _ = _fixed_width(values, settings.bin_width, lower_bound(values, settings))
     return grey, int(grey.max())
 
 
-def _lower_bound(values: NDArray[np.float64], settings: RadiomicsSettings) -> float:
+def lower_bound(values: NDArray[np.float64], settings: RadiomicsSettings) -> float:
     if settings.lower_bound is not None:
         return settings.lower_bound
     rng = settings.resegment_range
@@ -257,25 +253,6 @@ def prepare_roi(
     return _finish_roi(crop, inside, morph, int_mask, spacing, settings)
 
 
-def _ivh_levels(
-    values: NDArray[np.float64],
-    levels: NDArray[np.int64],
-    n_levels: int,
-    settings: RadiomicsSettings,
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """IVH grey levels and the intensity of each level (bin lower edge; index 0 unused)."""
-    if settings.ivh_bin_width is None:
-        if settings.discretisation is Discretisation.FIXED_BIN_NUMBER:
-            return levels, np.arange(n_levels + 1, dtype=np.float64)
-        lower = _lower_bound(values, settings)
-        return levels, np.asarray(
-            lower + (np.arange(n_levels + 1) - 1.0) * settings.bin_width, np.float64
-        )
-    width = settings.ivh_bin_width
-    ivh, lower = _fixed_width(values, width, _lower_bound(values, settings))
-    return ivh, np.asarray(lower + (np.arange(int(ivh.max()) + 1) - 1.0) * width, np.float64)
-
-
 def _finish_roi(
     crop: NDArray[np.float64],
     inside: NDArray[np.bool_],
@@ -290,9 +267,6 @@ def _finish_roi(
     levels, n_levels = discretise(values, settings)
     grey = np.zeros(crop.shape, dtype=np.int64)
     grey[int_mask] = levels
-    ivh_levels, ivh_values = _ivh_levels(values, levels, n_levels, settings)
-    ivh_grey = np.zeros(crop.shape, dtype=np.int64)
-    ivh_grey[int_mask] = ivh_levels
     return Roi(
         image=crop,
         inside=inside,
@@ -301,6 +275,4 @@ def _finish_roi(
         grey=grey,
         n_levels=int(n_levels),
         spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        ivh_grey=ivh_grey,
-        ivh_values=np.asarray(ivh_values, dtype=np.float64),
     )

@@ -87,8 +87,14 @@ class RadiomicsSettings(BaseModel):
         ngldm_distance: Chebyshev radius of the NGLDM neighbourhood.
         ngldm_alpha: NGLDM coarseness: neighbours within this grey-level difference
             are dependent.
-        ivh_bin_width: Bin width of a separate IVH discretisation; ``None`` reuses the
-            texture grey levels.
+        ivh_mode: Intensity-volume histogram discretisation, as IBSI recommends per
+            modality: ``"bin_number"`` (arbitrary units such as MR: ``ivh_bin_number``
+            bins), ``"discrete"`` (calibrated integer intensities such as CT in HU: no
+            discretisation, unit steps), ``"bin_width"`` (calibrated continuous
+            intensities such as PET SUV: ``ivh_bin_width`` bins, bin centres), or
+            ``"texture"`` (reuse the texture grey levels).
+        ivh_bin_number: Bins for ``ivh_mode="bin_number"``.
+        ivh_bin_width: Bin width for ``ivh_mode="bin_width"``.
         peak_volume_cc: Volume of the sphere for local and global intensity peaks.
     """
 
@@ -111,7 +117,9 @@ class RadiomicsSettings(BaseModel):
     ngtdm_distance: int = Field(default=1, ge=1)
     ngldm_distance: int = Field(default=1, ge=1)
     ngldm_alpha: float = Field(default=0.0, ge=0)
-    ivh_bin_width: float | None = Field(default=None, gt=0)
+    ivh_mode: Literal["bin_number", "discrete", "bin_width", "texture"] = "bin_number"
+    ivh_bin_number: int = Field(default=1000, ge=1)
+    ivh_bin_width: float = Field(default=0.1, gt=0)
     peak_volume_cc: float = Field(default=1.0, gt=0)
 
     @field_validator("resample_spacing")

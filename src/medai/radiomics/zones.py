@@ -3,7 +3,7 @@
 Zones are connected voxels of one grey level: 26-connected in 3D, 8-connected within a
 slice in 2D, found with one ``scipy.ndimage.label`` call per grey level. A zone's
 distance is the smallest taxicab distance of its voxels to the ROI edge (edge voxels
-at 1), computed on the intensity mask; in 2D the distance stays within the slice.
+at 1), computed on the morphological mask; in 2D the distance stays within the slice.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from medai.radiomics._texture import aggregate_zonal, texture_grid, zone_like_features
+from medai.radiomics._util import bbox_crop
 from medai.radiomics.catalogue import zone_names
 from medai.radiomics.roi import Roi
 from medai.radiomics.settings import Aggregation, Family
@@ -133,7 +134,9 @@ def gldzm_features(roi: Roi, *, aggregations: tuple[Aggregation, ...]) -> dict[s
     def distances(
         size: NDArray[np.int64], labels: NDArray[np.int64], planar: bool
     ) -> NDArray[np.int64]:
-        dist = _edge_distance(mask, planar=planar)
+        # the edge is that of the morphological mask: re-segmentation holes are no edge
+        full = _edge_distance(roi.morph_mask, planar=planar)
+        dist = bbox_crop(roi.int_mask, full, pad=1)[1]
         out = np.full(len(size) + 1, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(out, labels[mask], dist[mask])
         return out[1:]
