@@ -36,8 +36,8 @@ def _centres(
     low = lower_bound(values, settings)
     _, high = _range(values, settings)
     index = np.maximum(np.floor((values - low) / width + 1e-9).astype(np.int64), 0)
-    grid = low + (np.arange(int(index.max()) + 1) + 0.5) * width
-    return index, grid, (low + 0.5 * width, high - 0.5 * width)
+    grid = np.asarray(low + (np.arange(int(index.max()) + 1) + 0.5) * width, dtype=np.float64)
+    return np.asarray(index, dtype=np.int64), grid, (low + 0.5 * width, high - 0.5 * width)
 
 
 def ivh_grid(
