@@ -155,5 +155,12 @@ def show_cmd(
         case = ds.case(case_id)
         image = ds.load_case_image(case)
         label = ds.load_case_label(case)
-        render_case_png(image, label, out, channel_names=ds.channels, slice_index=slice_index)
+        render_case_png(
+            image,
+            label,
+            out,
+            channel_names=ds.channels,
+            slice_index=slice_index,
+            label_names=ds.labels,
+        )
     console.print(f"wrote [bold]{out}[/]")

@@ -6,7 +6,7 @@ picture, anterior up) after reorienting to RAS, whatever the file's orientation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
@@ -26,7 +27,13 @@ __all__ = ["PANEL_PIXELS", "render_case_png"]
 #: Width and height of one panel in pixels; the PNG is (channels × PANEL_PIXELS) × PANEL_PIXELS.
 PANEL_PIXELS = 256
 _DPI = 100
-_COLOURS = ["#ffd700", "#1e90ff", "#ff3030", "#32cd32", "#ff00ff", "#00ffff", "#ff8c00"]
+#: Overlay colour of label value v: MSD order (1 oedema green, 2 non-enhancing red,
+#: 3 enhancing yellow); 4 (BraTS enhancing) yellow too; further values cycle.
+_COLOURS = ["#32cd32", "#ff3030", "#ffd700", "#ffd700", "#1e90ff", "#ff00ff", "#00ffff"]
+
+
+def _colour(value: int) -> str:
+    return _COLOURS[(int(value) - 1) % len(_COLOURS)]
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -56,21 +63,36 @@ def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str) ->
     )
     if label is not None and np.any(label):
         values = np.unique(label[label != 0])
-        index = np.searchsorted(values, label)  # 1.. for foreground values
+        index = np.searchsorted(values, label) + 1  # 1.. for foreground values
         masked = np.ma.masked_where(label == 0, index)
-        cmap = ListedColormap([_COLOURS[i % len(_COLOURS)] for i in range(len(values) + 1)])
+        cmap = ListedColormap(["black"] + [_colour(v) for v in values])
         axis.imshow(
             masked[::-1].T,
             cmap=cmap,
             origin="lower",
             alpha=0.45,
-            vmin=0,
-            vmax=len(values),
+            vmin=-0.5,
+            vmax=len(values) + 0.5,
             interpolation="nearest",
             aspect="auto",
         )
-    axis.set_title(title, color="white", fontsize=9, pad=-12, loc="left")
+    axis.text(
+        0.03, 0.97, title, transform=axis.transAxes, color="white", fontsize=10, va="top", ha="left"
+    )
     axis.set_axis_off()
+
+
+def _legend(axis: Any, names: Mapping[int, str]) -> None:
+    handles = [Patch(color=_colour(v), label=f"{v} {n}") for v, n in sorted(names.items()) if v]
+    axis.legend(
+        handles=handles,
+        loc="lower right",
+        fontsize=7,
+        framealpha=0.4,
+        labelcolor="white",
+        facecolor="black",
+        edgecolor="none",
+    )
 
 
 def render_case_png(
@@ -80,6 +102,7 @@ def render_case_png(
     *,
     channel_names: Sequence[str] | None = None,
     slice_index: int | None = None,
+    label_names: Mapping[int, str] | None = None,
 ) -> Path:
     """Write a PNG with one axial slice per channel, the label overlaid on each.
 
@@ -90,6 +113,7 @@ def render_case_png(
         channel_names: Panel titles; default ``channel 0``, ``channel 1``, ...
         slice_index: Axial slice (in RAS order); default the slice with the most
             foreground, or the middle slice when there is no label.
+        label_names: Label value → name, for a colour legend on the last panel.
 
     Returns:
         ``path``. The picture is ``channels × 256`` by ``256`` pixels.
@@ -128,6 +152,8 @@ def render_case_png(
         fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0, hspace=0)
         for c, (axis, name) in enumerate(zip(axes[0], names, strict=True)):
             _panel(axis, data[c, :, :, k], None if lab is None else lab[:, :, k], name)
+        if label_names:
+            _legend(axes[0][-1], label_names)
         path = Path(path)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=_DPI, format="png", facecolor="black")
