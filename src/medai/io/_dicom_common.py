@@ -103,7 +103,11 @@ def _forced_read(path: Path, *, pixels: bool, defer: bool) -> Dataset:
         )
     except Exception as exc:
         raise ImageReadError(path, reason) from exc
-    if not all(keyword in ds for keyword in ("Rows", "Columns", "PixelData")):
+    needed = ("Rows", "Columns", "PixelData") if pixels else ("Rows", "Columns")
+    if not all(keyword in ds for keyword in needed):
+        if "SOPClassUID" in ds and "StudyInstanceUID" in ds:
+            sop = getattr(ds.SOPClassUID, "name", str(ds.SOPClassUID))
+            reason = f"DICOM dataset without file preamble holds no image ({sop})"
         raise ImageReadError(path, reason)
     implicit, _little = ds.original_encoding
     if not hasattr(ds, "file_meta") or ds.file_meta is None:

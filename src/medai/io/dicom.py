@@ -91,8 +91,12 @@ def _build(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) ->
         return _stack(items, where, kind)
     except MedaiError:
         raise
+    except MemoryError:
+        raise
     except Exception as exc:  # malformed attribute values surface as many types
-        raise ImageReadError(where, f"malformed DICOM attribute value ({exc})") from exc
+        raise ImageReadError(
+            where, f"unreadable DICOM content ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _stack(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) -> T:
@@ -244,7 +248,7 @@ def _series_info(uid: str, items: Sequence[tuple[Path, Dataset]], folder: Path) 
     except MedaiError as exc:
         problem = str(exc).removeprefix(f"{folder}: ")
     except Exception as exc:  # malformed attribute values surface as many types
-        problem = f"malformed DICOM attribute value ({exc})"
+        problem = f"unreadable DICOM content ({type(exc).__name__}: {exc})"
     number = ds.get("SeriesNumber")
     return SeriesInfo(
         uid=uid,
