@@ -43,35 +43,32 @@ from medai.evaluation.subgroups import SubgroupAnalysis
 
 __all__ = ["classification_section", "segmentation_section", "subgroup_sections"]
 
-_LabelMetric = Callable[..., float]
 
+def _thresholded(metric: Callable[..., float], threshold: float) -> Callable[..., float]:
+    """``metric(y_true, y_pred)`` turned into a function of scores at ``threshold``."""
 
-def _thresholded(metric: _LabelMetric, threshold: float, average: str) -> Callable[..., float]:
     def scored(y_true: ArrayLike, y_score: ArrayLike) -> float:
-        pred = predicted_labels(y_score, threshold=threshold)
-        if metric in (compute_accuracy, compute_balanced_accuracy):
-            return metric(y_true, pred)
-        return metric(y_true, pred, average=average)
+        return metric(y_true, predicted_labels(y_score, threshold=threshold))
 
     return scored
 
 
 def _classification_metrics(binary: bool, threshold: float) -> dict[str, Callable[..., float]]:
     average = "binary" if binary else "macro"
-    label = {
+    label: dict[str, Callable[..., float]] = {
         "Accuracy": compute_accuracy,
         "Balanced accuracy": compute_balanced_accuracy,
-        "Sensitivity": compute_sensitivity,
-        "Specificity": compute_specificity,
-        "PPV": compute_ppv,
-        "NPV": compute_npv,
-        "F1": compute_f1,
+        "Sensitivity": partial(compute_sensitivity, average=average),
+        "Specificity": partial(compute_specificity, average=average),
+        "PPV": partial(compute_ppv, average=average),
+        "NPV": partial(compute_npv, average=average),
+        "F1": partial(compute_f1, average=average),
     }
     metrics: dict[str, Callable[..., float]] = {
         "ROC-AUC": compute_roc_auc,
         "PR-AUC (average precision)": compute_average_precision,
     }
-    metrics.update({name: _thresholded(fn, threshold, average) for name, fn in label.items()})
+    metrics.update({name: _thresholded(fn, threshold) for name, fn in label.items()})
     metrics["Brier score"] = compute_brier_score
     return metrics
 
