@@ -109,6 +109,9 @@ def test_written_attributes(tmp_path: Path) -> None:
     assert (ds.StudyInstanceUID, ds.SeriesInstanceUID) == ("1.2.3.4", "1.2.3.4.5")
     assert (ds.SeriesNumber, ds.InstanceNumber, ds.StudyDate) == (7, 3, "20240301")
     assert ds.PatientSex == "F"
+    lo, hi = image.numpy3d().min(), image.numpy3d().max()
+    assert float(ds.WindowCenter) == pytest.approx((lo + hi) / 2)
+    assert float(ds.WindowWidth) == pytest.approx(hi - lo)
     assert ds.Rows == 4
     assert ds.Columns == 6
     assert [float(v) for v in ds.PixelSpacing] == [0.7, 0.5]

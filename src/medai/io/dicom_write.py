@@ -217,7 +217,7 @@ def write_dicom_series(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
         raise ValueError(f"{folder} exists and is not empty; pass overwrite=True to replace it")
     date = _date(study_date)
-    common = {
+    common: dict[str, Any] = {
         "PatientID": patient_id,
         "PatientName": patient_name,
         "StudyInstanceUID": study_uid or generate_uid(),
@@ -230,7 +230,11 @@ def write_dicom_series(
         "ContentDate": date,
         "StudyTime": "120000",
     }
-    enc = _encode(image.numpy3d())
+    data = image.numpy3d()
+    enc = _encode(data)
+    lo, hi = float(np.min(data)), float(np.max(data))
+    common["WindowCenter"] = _ds((lo + hi) / 2)
+    common["WindowWidth"] = _ds(max(hi - lo, 1.0))
     base = _series_dataset(image, modality, common, extra)
     lps = LPS_TO_RAS @ image.affine
     folder.parent.mkdir(parents=True, exist_ok=True)
