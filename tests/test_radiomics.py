@@ -297,3 +297,16 @@ def test_catalogue_and_settings_validation() -> None:
         RadiomicsSettings(resegment_range=(10.0, 0.0))
     with pytest.raises(ValidationError):
         RadiomicsSettings(bin_number=0)
+    with pytest.raises(ValidationError, match="needs one of the aggregations"):
+        RadiomicsSettings(families=(Family.GLCM,), aggregations=(Aggregation.D3,))
+
+
+def test_resampling_to_the_same_spacing_changes_nothing() -> None:
+    rng = np.random.default_rng(5)
+    data = rng.normal(50, 10, (9, 8, 7))
+    mask = np.zeros(data.shape, dtype=np.uint8)
+    mask[2:7, 2:6, 1:6] = 1
+    img, lab = _pair(data, mask, spacing=(1.5, 1.5, 2.0))
+    plain = extract_features(img, lab)
+    same = extract_features(img, lab, settings=RadiomicsSettings(resample_spacing=(1.5, 1.5, 2.0)))
+    assert same == pytest.approx(plain, nan_ok=True)

@@ -39,6 +39,8 @@ DIRECTIONS_3D: tuple[tuple[int, int, int], ...] = tuple(
 #: The 4 in-plane directions (third component zero).
 DIRECTIONS_2D: tuple[tuple[int, int, int], ...] = tuple(d for d in DIRECTIONS_3D if d[2] == 0)
 
+_CHUNK_ELEMENTS = 1 << 21  # matrices per feature call: bounds temporaries to ~16 MB each
+
 MatrixFeatures = Callable[[NDArray[np.float64]], dict[str, NDArray[np.float64]]]
 
 
@@ -62,8 +64,11 @@ def _scalarise(features: Mapping[str, NDArray[np.float64]], suffix: str) -> dict
 def _mean_features(
     compute: MatrixFeatures, stack: NDArray[np.float64], suffix: str
 ) -> dict[str, float]:
-    feats = compute(stack)
-    return {f"{k}_{suffix}": float(nan_mean(v)) for k, v in feats.items()}
+    step = max(1, _CHUNK_ELEMENTS // max(1, int(np.prod(stack.shape[1:]))))
+    parts = [compute(stack[i : i + step]) for i in range(0, len(stack), step)]
+    return {
+        f"{k}_{suffix}": float(nan_mean(np.concatenate([p[k] for p in parts]))) for k in parts[0]
+    }
 
 
 def aggregate_directional(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medai.radiomics.settings import Aggregation, Family
+from medai.radiomics.settings import TEXTURE_AGGREGATIONS, Aggregation, Family
 
 __all__ = [
     "AGGREGATION_CODES",
@@ -265,16 +265,6 @@ _ZONE_TABLES: dict[Family, list[tuple[str, str, str]]] = {
 }
 _TABLES.update(_ZONE_TABLES)
 
-_DIRECTIONAL = (
-    Aggregation.D2_AVERAGED,
-    Aggregation.D2_SLICE_MERGED,
-    Aggregation.D25_DIRECTION_MERGED,
-    Aggregation.D25_MERGED,
-    Aggregation.D3_AVERAGED,
-    Aggregation.D3_MERGED,
-)
-_ZONAL = (Aggregation.D2, Aggregation.D25, Aggregation.D3)
-
 
 def zone_names(family: Family) -> dict[str, str]:
     """Generic zone-like key → feature name of ``family`` (GLRLM, GLSZM, GLDZM, NGLDM)."""
@@ -283,11 +273,7 @@ def zone_names(family: Family) -> dict[str, str]:
 
 def family_aggregations(family: Family) -> tuple[Aggregation, ...]:
     """Aggregation methods that apply to ``family`` (empty for per-volume families)."""
-    if family in (Family.GLCM, Family.GLRLM):
-        return _DIRECTIONAL
-    if family in (Family.GLSZM, Family.GLDZM, Family.NGTDM, Family.NGLDM):
-        return _ZONAL
-    return ()
+    return TEXTURE_AGGREGATIONS.get(family, ())
 
 
 def feature_catalogue(

@@ -59,10 +59,9 @@ def _diagonal_sums(
     p: NDArray[np.float64], index: NDArray[np.int64], size: int
 ) -> NDArray[np.float64]:
     """Sum ``p`` (m, Ng, Ng) over cells sharing ``index`` (Ng, Ng) → (m, size)."""
-    flat = p.reshape(p.shape[0], -1)
-    one_hot = np.zeros((flat.shape[1], size))
-    one_hot[np.arange(flat.shape[1]), index.ravel()] = 1.0
-    return flat @ one_hot
+    order = np.argsort(index.ravel(), kind="stable")
+    starts = np.searchsorted(index.ravel()[order], np.arange(size))
+    return np.add.reduceat(p.reshape(p.shape[0], -1)[:, order], starts, axis=1)
 
 
 def _entropy(p: NDArray[np.float64], axis: int | tuple[int, ...]) -> NDArray[np.float64]:

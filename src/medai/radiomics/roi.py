@@ -105,22 +105,35 @@ def _crop_box(
     return tuple(slices), pads
 
 
-def _resample(
-    data: NDArray[Any],
+def _new_grid(
+    full_shape: Sequence[int],
+    box: Sequence[slice],
     spacing: tuple[float, float, float],
     target: tuple[float, float, float],
-    order: int,
-    fill: float,
-) -> NDArray[np.float64]:
-    """Resample ``data`` onto a centre-aligned grid of voxel size ``target``."""
+) -> list[NDArray[np.float64]]:
+    """Crop-local coordinates of the IBSI centre-aligned grid points inside ``box``.
+
+    The new grid of voxel size ``target`` covers the whole image with
+    ``ceil(n · s_old / s_new)`` points and shares its centre with the original grid
+    (IBSI "align grid centres"); only the points inside the crop are kept.
+    """
     coords = []
-    for n, s_old, s_new in zip(data.shape, spacing, target, strict=True):
+    for n, sl, s_old, s_new in zip(full_shape, box, spacing, target, strict=True):
         n_new = max(math.ceil(n * s_old / s_new), 1)
-        centre_old, centre_new = (n - 1) / 2.0, (n_new - 1) / 2.0
-        coords.append(centre_old + (np.arange(n_new) - centre_new) * s_new / s_old)
+        x = (n - 1) / 2.0 + (np.arange(n_new) - (n_new - 1) / 2.0) * s_new / s_old
+        start, stop = int(sl.start), int(sl.stop)
+        keep = (x >= start - 1e-9) & (x <= stop - 1 + 1e-9)
+        coords.append(np.asarray(x[keep] - start, dtype=np.float64))
+    return coords
+
+
+def _resample(
+    data: NDArray[Any], coords: list[NDArray[np.float64]], order: int
+) -> NDArray[np.float64]:
+    """Values of ``data`` at the grid ``coords`` (spline ``order``, 0 outside)."""
     grid = np.meshgrid(*coords, indexing="ij")
     out = ndimage.map_coordinates(
-        data.astype(np.float64), grid, order=order, mode="constant", cval=fill, prefilter=order > 1
+        data.astype(np.float64), grid, order=order, mode="constant", cval=0.0, prefilter=order > 1
     )
     return np.asarray(out, dtype=np.float64)
 
@@ -128,19 +141,16 @@ def _resample(
 def _resample_all(
     crop: NDArray[np.float64],
     region: NDArray[np.bool_],
-    spacing: tuple[float, float, float],
+    coords: list[NDArray[np.float64]],
     settings: RadiomicsSettings,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]:
     """Resampled intensities, in-image flags and morphological mask of a crop."""
-    target = settings.resample_spacing or spacing
     finite = np.isfinite(crop)
-    image = _resample(
-        np.where(finite, crop, 0.0), spacing, target, settings.interpolation_order, 0.0
-    )
+    image = _resample(np.where(finite, crop, 0.0), coords, settings.interpolation_order)
     if settings.round_intensities:
         image = np.round(image)
-    inside = _resample(np.ones(crop.shape), spacing, target, 1, 0.0) > 0.5
-    morph = _resample(region.astype(np.float64), spacing, target, 1, 0.0)
+    inside = _resample(finite.astype(np.float64), coords, 1) > 0.5
+    morph = _resample(region.astype(np.float64), coords, 1)
     return image, inside, morph >= settings.mask_threshold
 
 
@@ -233,7 +243,8 @@ def prepare_roi(
     crop, crop_region = data[box], region[box]
     inside = np.ones(crop.shape, dtype=bool)
     if settings.resample_spacing is not None:
-        crop, inside, crop_region = _resample_all(crop, crop_region, spacing, settings)
+        coords = _new_grid(data.shape, box, spacing, settings.resample_spacing)
+        crop, inside, crop_region = _resample_all(crop, crop_region, coords, settings)
         pads = [(margin[a], margin[a]) for a in range(3)]
         spacing = settings.resample_spacing
     morph = np.pad(crop_region, pads)

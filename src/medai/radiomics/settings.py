@@ -12,7 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["Aggregation", "Discretisation", "Family", "RadiomicsSettings"]
+__all__ = [
+    "TEXTURE_AGGREGATIONS",
+    "Aggregation",
+    "Discretisation",
+    "Family",
+    "RadiomicsSettings",
+]
 
 
 class Family(StrEnum):
@@ -55,6 +61,26 @@ class Discretisation(StrEnum):
     FIXED_BIN_NUMBER = "fixed_bin_number"
     FIXED_BIN_SIZE = "fixed_bin_size"
 
+
+_DIRECTIONAL = (
+    Aggregation.D2_AVERAGED,
+    Aggregation.D2_SLICE_MERGED,
+    Aggregation.D25_DIRECTION_MERGED,
+    Aggregation.D25_MERGED,
+    Aggregation.D3_AVERAGED,
+    Aggregation.D3_MERGED,
+)
+_ZONAL = (Aggregation.D2, Aggregation.D25, Aggregation.D3)
+
+#: Aggregation methods that apply to each texture family.
+TEXTURE_AGGREGATIONS: dict[Family, tuple[Aggregation, ...]] = {
+    Family.GLCM: _DIRECTIONAL,
+    Family.GLRLM: _DIRECTIONAL,
+    Family.GLSZM: _ZONAL,
+    Family.GLDZM: _ZONAL,
+    Family.NGTDM: _ZONAL,
+    Family.NGLDM: _ZONAL,
+}
 
 _DEFAULT_AGGREGATIONS = (Aggregation.D3_AVERAGED, Aggregation.D3_MERGED, Aggregation.D3)
 
@@ -140,4 +166,11 @@ class RadiomicsSettings(BaseModel):
             )
         if not self.families:
             raise ValueError("families is empty; name at least one feature family")
+        for family in self.families:
+            applicable = TEXTURE_AGGREGATIONS.get(family, ())
+            if applicable and not set(applicable) & set(self.aggregations):
+                raise ValueError(
+                    f"family {family.value!r} needs one of the aggregations "
+                    f"{[a.value for a in applicable]}; got {[a.value for a in self.aggregations]}"
+                )
         return self
