@@ -69,6 +69,32 @@ def _entropy(p: NDArray[np.float64], axis: int | tuple[int, ...]) -> NDArray[np.
     return np.asarray(-(p * logs).sum(axis=axis))
 
 
+def _marginals(p: NDArray[np.float64], lv: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+    """Row/column marginals, their means and variances of a stack ``(m, Ng, Ng)``."""
+    row, col = p.sum(axis=2), p.sum(axis=1)
+    mu_i, mu_j = row @ lv, col @ lv
+    var_i = ((lv[None] - mu_i[:, None]) ** 2 * row).sum(axis=1)
+    var_j = ((lv[None] - mu_j[:, None]) ** 2 * col).sum(axis=1)
+    return row, col, mu_i, mu_j, var_i, var_j
+
+
+def _information(
+    p: NDArray[np.float64], row: NDArray[np.float64], col: NDArray[np.float64]
+) -> dict[str, NDArray[np.float64]]:
+    """Joint entropy and the two information correlations."""
+    hxy = _entropy(p, (1, 2))
+    outer = row[:, :, None] * col[:, None, :]
+    log_outer = np.log2(outer, out=np.zeros_like(outer), where=outer > 0)
+    hxy1 = -(p * log_outer).sum(axis=(1, 2))
+    hxy2 = -(outer * log_outer).sum(axis=(1, 2))
+    hx, hy = _entropy(row, 1), _entropy(col, 1)
+    return {
+        "joint_entr": hxy,
+        "info_corr1": safe_divide(hxy - hxy1, np.maximum(hx, hy)),
+        "info_corr2": np.sqrt(np.clip(1.0 - np.exp(-2.0 * (hxy2 - hxy)), 0.0, None)),
+    }
+
+
 def glcm_matrix_features(counts: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
     """The 25 IBSI GLCM features of a stack of matrices ``(m, Ng, Ng)`` (NaN if empty)."""
     total = counts.sum(axis=(1, 2))
@@ -80,26 +106,19 @@ def glcm_matrix_features(counts: NDArray[np.float64]) -> dict[str, NDArray[np.fl
     p_minus = _diagonal_sums(p, diff.astype(np.int64), n)
     p_plus = _diagonal_sums(p, (i + j).astype(np.int64) - 2, 2 * n - 1)
     k_minus, k_plus = np.arange(n, dtype=np.float64), np.arange(2, 2 * n + 1, dtype=np.float64)
-    row, col = p.sum(axis=2), p.sum(axis=1)
-    mu_i, mu_j = row @ lv, col @ lv
-    var_i = ((lv[None] - mu_i[:, None]) ** 2 * row).sum(axis=1)
-    var_j = ((lv[None] - mu_j[:, None]) ** 2 * col).sum(axis=1)
+    row, col, mu_i, mu_j, var_i, var_j = _marginals(p, lv)
     d_avg, s_avg = p_minus @ k_minus, p_plus @ k_plus
     cluster = i[None] + j[None] - mu_i[:, None, None] - mu_j[:, None, None]
 
     def wsum(weight: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray((p * weight).sum(axis=(1, 2)))
 
-    hxy = _entropy(p, (1, 2))
-    outer = row[:, :, None] * col[:, None, :]
-    log_outer = np.log2(outer, out=np.zeros_like(outer), where=outer > 0)
-    hxy1, hxy2 = -wsum(log_outer), -(outer * log_outer).sum(axis=(1, 2))
-    hx, hy = _entropy(row, 1), _entropy(col, 1)
+    info = _information(p, row, col)
     return {
         "joint_max": p.max(axis=(1, 2)),
         "joint_avg": mu_i,
         "joint_var": var_i,
-        "joint_entr": hxy,
+        "joint_entr": info["joint_entr"],
         "diff_avg": d_avg,
         "diff_var": ((k_minus[None] - d_avg[:, None]) ** 2 * p_minus).sum(axis=1),
         "diff_entr": _entropy(p_minus, 1),
@@ -119,8 +138,8 @@ def glcm_matrix_features(counts: NDArray[np.float64]) -> dict[str, NDArray[np.fl
         "clust_tend": wsum(cluster**2),
         "clust_shade": wsum(cluster**3),
         "clust_prom": wsum(cluster**4),
-        "info_corr1": safe_divide(hxy - hxy1, np.maximum(hx, hy)),
-        "info_corr2": np.sqrt(np.clip(1.0 - np.exp(-2.0 * (hxy2 - hxy)), 0.0, None)),
+        "info_corr1": info["info_corr1"],
+        "info_corr2": info["info_corr2"],
     }
 
 

@@ -92,6 +92,17 @@ def _check_inputs(image: Image, mask: Image) -> None:
         )
 
 
+def _check_nan(
+    data: NDArray[np.float64], region: NDArray[np.bool_], settings: RadiomicsSettings
+) -> None:
+    n_nan = int(np.count_nonzero(~np.isfinite(data[region])))
+    if n_nan and settings.nan_policy == "raise":
+        raise ValueError(
+            f"image holds {n_nan} NaN/infinite value(s) inside the ROI; clean the image or pass "
+            "RadiomicsSettings(nan_policy='exclude') to drop them from the intensity mask"
+        )
+
+
 def _crop_box(
     region: NDArray[np.bool_], margin: Sequence[int]
 ) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
@@ -229,12 +240,7 @@ def prepare_roi(
     _check_inputs(image, mask)
     region = _region(mask, labels)
     data = np.asarray(image.numpy3d(), dtype=np.float64)
-    n_nan = int(np.count_nonzero(~np.isfinite(data[region])))
-    if n_nan and settings.nan_policy == "raise":
-        raise ValueError(
-            f"image holds {n_nan} NaN/infinite value(s) inside the ROI; clean the image or pass "
-            "RadiomicsSettings(nan_policy='exclude') to drop them from the intensity mask"
-        )
+    _check_nan(data, region, settings)
     spacing = image.spacing
     radius_mm = (3.0 * settings.peak_volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
     target = settings.resample_spacing or spacing
