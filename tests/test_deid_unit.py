@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
+from medai.io import deidentify_path
 from medai.io.deid import (
     KEY_ENV_VAR,
     deidentify_dataset,
-    deidentify_path,
     deidentify_uid,
     load_key,
     profile_action,

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, err_console, progress, user_errors
-from medai.io.deid import KEY_ENV_VAR, DeidReport, deidentify_path, generate_key, load_key
+from medai.io.deid import KEY_ENV_VAR, generate_key, load_key
+from medai.io.deid_files import DeidReport, deidentify_path
 
 _MAX_LISTED = 20
 

@@ -1,7 +1,8 @@
 """Reading and writing medical images: NIfTI, NRRD/MHA, DICOM, PNG/JPEG/TIFF."""
 
 from medai.io.api import read_image, read_label, write_image
-from medai.io.deid import Change, DeidReport, deidentify_dataset, deidentify_path
+from medai.io.deid import Change, deidentify_dataset
+from medai.io.deid_files import DeidReport, deidentify_path
 from medai.io.dicom import SeriesInfo, find_series, read_dicom, read_dicom_series
 from medai.io.dicom_write import write_dicom_series
 from medai.io.itk import read_itk, write_itk

@@ -29,30 +29,22 @@ import hmac
 import io
 import logging
 import os
-import re
 import secrets
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import get_expected_length
 from pydicom.sequence import Sequence
-
-from medai.fsutil import atomic_path, atomic_write_text
 
 __all__ = [
     "KEY_ENV_VAR",
     "Change",
-    "DeidReport",
+    "check_key",
     "deidentify_dataset",
-    "deidentify_path",
     "deidentify_uid",
     "generate_key",
     "load_key",
@@ -101,32 +93,6 @@ class Change:
     new: str
 
 
-@dataclass
-class DeidReport:
-    """What :func:`deidentify_path` did.
-
-    Attributes:
-        written: Output files written, in input order.
-        skipped: Input files that are not DICOM, with the reason.
-        failed: Input files that could not be de-identified, with the reason.
-        warnings: Files written that need a human look, with the reason.
-        changes: Every change made, in order.
-        audit_csv: Where the audit CSV was written.
-    """
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    warnings: list[tuple[Path, str]] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    audit_csv: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when no file failed."""
-        return not self.failed
-
-
 # --------------------------------------------------------------------------- profile
 
 
@@ -170,7 +136,8 @@ def generate_key() -> str:
     return secrets.token_hex(32)
 
 
-def _key_bytes(key: str | bytes) -> bytes:
+def check_key(key: str | bytes) -> bytes:
+    """The key as bytes, after checking its type and length (≥ 16 bytes)."""
     if isinstance(key, str):
         key = key.strip().encode("utf-8")
     if not isinstance(key, bytes):
@@ -198,10 +165,10 @@ def load_key(key_file: str | Path | None = None) -> bytes:
                 f"key file {path} not found; create one with "
                 f"`medai deid IN OUT --generate-key --key-file {path}`"
             )
-        return _key_bytes(path.read_text(encoding="utf-8"))
+        return check_key(path.read_text(encoding="utf-8"))
     env = os.environ.get(KEY_ENV_VAR)
     if env:
-        return _key_bytes(env)
+        return check_key(env)
     raise ValueError(
         "no de-identification key: pass --key-file F (a file holding the project's "
         f"secret key) or set {KEY_ENV_VAR}; to create a key, add --generate-key. Keep the "
@@ -222,7 +189,7 @@ def deidentify_uid(uid: str, *, key: str | bytes) -> str:
         >>> deidentify_uid("1.2.3", key="0123456789abcdef").startswith("2.25.")
         True
     """
-    raw = bytearray(_digest(_key_bytes(key), "uid", uid.strip())[:16])
+    raw = bytearray(_digest(check_key(key), "uid", uid.strip())[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # UUID version 8 (custom)
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return f"2.25.{int.from_bytes(raw, 'big')}"
@@ -287,7 +254,7 @@ def deidentify_dataset(
     Returns:
         The de-identified copy and the list of changes made.
     """
-    ctx = _make_ctx(ds, _key_bytes(key), file_label, allow_private)
+    ctx = _make_ctx(ds, check_key(key), file_label, allow_private)
     out = copy.deepcopy(ds)
     _clean(out, ctx, "")
     meta = getattr(out, "file_meta", None)
@@ -352,7 +319,7 @@ def _replace(elem: DataElement, action: str | None, ctx: _Ctx, path: str) -> Non
         new, done = _map_values(old, lambda v: _shift(v, elem.VR, ctx.shift)), "shift"
     elif elem.VR == "TM":
         return  # times of day are kept: with shifted dates they identify nobody
-    elif action in _EMPTY_ACTIONS or keyword == "PatientBirthDate":
+    elif action in _EMPTY_ACTIONS or action == "X/Z/U*" or keyword == "PatientBirthDate":
         new, done = _empty(elem.VR), "Z"
     elif action in _DUMMY_ACTIONS:
         new, done = _dummy(elem.VR), "D"
@@ -457,171 +424,3 @@ def _mark(ds: Dataset, ctx: _Ctx) -> None:
     if not ds.get("PatientID"):
         ds.PatientID = ctx.pseudonym
         ctx.record(_tag_str(ds["PatientID"].tag), ds["PatientID"], "set", None, ctx.pseudonym)
-
-
-# --------------------------------------------------------------------------- files
-
-_AUDIT_NAME = "deid_audit.csv"
-_AUDIT_COLUMNS = ("file", "tag", "keyword", "action", "old", "new")
-
-
-def _plan(src: Path, dst: Path) -> list[tuple[Path, Path, str]]:
-    """(input, output, label) for every input file; refuses an output inside the input."""
-    if not src.exists():
-        raise FileNotFoundError(f"input {src} does not exist")
-    if src.is_file():
-        target = dst / src.name if dst.is_dir() else dst
-        if target.resolve() == src.resolve():
-            raise ValueError(f"output {dst} is the input file; choose another OUT")
-        return [(src, target, src.name)]
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"input {src} is a folder but output {dst} is a file; give a folder")
-    src_r, dst_r = src.resolve(), dst.resolve()
-    if dst_r == src_r or src_r in dst_r.parents:
-        raise ValueError(f"output {dst} lies inside input {src}; choose a folder outside it")
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    return [(p, dst / p.relative_to(src), p.relative_to(src).as_posix()) for p in files]
-
-
-def _read(path: Path) -> Dataset | str:
-    """The dataset, or the reason the file is not DICOM.
-
-    A file without the 128-byte preamble is accepted when it parses as a dataset that
-    names its SOP instance (old files written without the file meta information).
-    """
-    try:
-        return pydicom.dcmread(path, force=False)
-    except InvalidDicomError:
-        pass
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        if ds.get("SOPInstanceUID") and ds.get("SOPClassUID"):
-            return ds
-    except Exception:  # forced parsing of arbitrary bytes fails in many ways
-        log.debug("%s: forced DICOM parse failed", path, exc_info=True)
-    return "not a DICOM file (no 'DICM' marker and no parsable SOP instance)"
-
-
-def _check_complete(ds: Dataset) -> None:
-    """An element whose value is shorter than its declared length means a cut file."""
-    for elem in ds.elements():
-        length = getattr(elem, "length", 0)
-        value = elem.value
-        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
-            raise ValueError(
-                f"file is truncated: element {_tag_str(elem.tag)} declares {length} bytes "
-                f"but only {len(value)} remain"
-            )
-
-
-def _check_pixel_length(ds: Dataset) -> None:
-    """Native (uncompressed) pixel data shorter than its header says means a cut file."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    pixels = ds.get("PixelData")
-    if not isinstance(pixels, bytes) or (syntax is not None and syntax.is_encapsulated):
-        return
-    try:
-        expected = int(get_expected_length(ds, unit="bytes"))
-    except (AttributeError, TypeError, ValueError, KeyError):
-        return  # header too incomplete to tell; the image readers will say what is wrong
-    if len(pixels) < expected:
-        raise ValueError(
-            f"pixel data is truncated: {len(pixels)} bytes where the header "
-            f"(rows, columns, frames, bits) needs {expected}"
-        )
-
-
-def _deid_one(
-    src: Path, dst: Path, label: str, key: bytes, allow: AllowPrivate, report: DeidReport
-) -> None:
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = _read(src)
-            if isinstance(ds, str):
-                report.skipped.append((src, ds))
-                return
-            messages = list(dict.fromkeys(_redact(str(w.message)) for w in caught))
-            cut = [m for m in messages if "End of file" in m]
-            if cut:  # pydicom reads on past a cut file; the output would hide the damage
-                raise ValueError(f"file is truncated ({cut[0]})")
-            _check_complete(ds)
-            _check_pixel_length(ds)
-            out, changes = deidentify_dataset(ds, key=key, allow_private=allow, file_label=label)
-            with atomic_path(dst) as tmp:
-                out.save_as(tmp, enforce_file_format=False)
-            messages = list(dict.fromkeys(_redact(str(w.message)) for w in caught))
-    except Exception as exc:  # a corrupt file must not stop the run: report it, go on
-        reason = _redact(f"{type(exc).__name__}: {exc}")
-        log.warning("%s: de-identification failed: %s", src, reason)
-        report.failed.append((src, reason))
-        return
-    report.written.append(dst)
-    report.changes.extend(changes)
-    report.warnings.extend((dst, f"pydicom: {m}") for m in messages)
-    if str(out.get("BurnedInAnnotation", "")).upper() == "YES":
-        report.warnings.append(
-            (dst, "BurnedInAnnotation is YES: pixels may show identifying text; review them")
-        )
-
-
-def _redact(message: str) -> str:
-    """A reader's message without the attribute values it quotes (they may identify)."""
-    return re.sub(r":\s*'[^']*'", ": '…'", message)
-
-
-def _write_audit(path: Path, changes: list[Change]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_AUDIT_COLUMNS)
-    for c in changes:
-        writer.writerow((c.file, c.path, c.keyword, c.action, c.old, c.new))
-    atomic_write_text(path, buffer.getvalue())
-
-
-def deidentify_path(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    key: str | bytes,
-    allow_private: AllowPrivate = (),
-    audit_csv: str | Path | None = None,
-    on_file: Callable[[Path], None] | None = None,
-) -> DeidReport:
-    """De-identify a DICOM file, or every DICOM file under a folder, into ``dst``.
-
-    A folder is walked recursively and its layout mirrored under ``dst``. The input is
-    never modified; each output is written atomically. Files that are not DICOM are
-    skipped and files that fail are reported; the run goes on either way.
-
-    Args:
-        src: A DICOM file or a folder.
-        dst: The output file (or folder) for a file; the output folder for a folder.
-        key: The project's secret key (see :func:`load_key`).
-        allow_private: ``(private creator, element byte)`` pairs to keep.
-        audit_csv: Where to write the audit of every change; by default
-            ``dst/deid_audit.csv`` for a folder, ``<dst>.audit.csv`` for a file.
-        on_file: Called with each input file once it is done (for progress bars).
-
-    Returns:
-        A :class:`DeidReport`.
-
-    Raises:
-        FileNotFoundError: ``src`` does not exist.
-        ValueError: A short key, or an output that overlaps the input.
-    """
-    src, dst = Path(src), Path(dst)
-    key_b = _key_bytes(key)
-    allow = tuple(allow_private)
-    plan = _plan(src, dst)
-    report = DeidReport()
-    for file_in, file_out, label in plan:
-        _deid_one(file_in, file_out, label, key_b, allow, report)
-        if on_file is not None:
-            on_file(file_in)
-    if audit_csv is None:
-        audit_csv = dst / _AUDIT_NAME if src.is_dir() else Path(f"{plan[0][1]}.audit.csv")
-    report.audit_csv = Path(audit_csv)
-    _write_audit(report.audit_csv, report.changes)
-    return report
