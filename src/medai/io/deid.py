@@ -397,8 +397,7 @@ def _drop_private(ds: Dataset, ctx: _Ctx, prefix: str) -> None:
 
 
 def _remove(ds: Dataset, elem: DataElement, ctx: _Ctx, prefix: str) -> None:
-    value = elem.value if elem.VR != "SQ" else Sequence()
-    ctx.record(prefix + _tag_str(elem.tag), elem, "X", value if value else "", "")
+    ctx.record(prefix + _tag_str(elem.tag), elem, "X", elem.value, "")
     del ds[elem.tag]
 
 
