@@ -310,3 +310,19 @@ def test_resampling_to_the_same_spacing_changes_nothing() -> None:
     plain = extract_features(img, lab)
     same = extract_features(img, lab, settings=RadiomicsSettings(resample_spacing=(1.5, 1.5, 2.0)))
     assert same == pytest.approx(plain, nan_ok=True)
+
+
+def test_moran_geary_estimate_for_huge_rois_is_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medai.radiomics import autocorrelation
+
+    x, y, _ = np.mgrid[:16, :14, :10]
+    data = np.sin(x / 4.0) + np.cos(y / 5.0) + 0.1 * np.random.default_rng(1).normal(size=x.shape)
+    img, lab = _pair(data, np.ones(data.shape), spacing=(1.0, 1.2, 2.0))
+    roi = prepare_roi(img, lab, settings=RadiomicsSettings())
+    exact = autocorrelation.moran_geary(roi)
+    monkeypatch.setattr(autocorrelation, "FFT_LIMIT", 10)
+    monkeypatch.setattr(autocorrelation, "SAMPLE_SIZE", 800)
+    estimate = autocorrelation.moran_geary(roi)
+    assert estimate[0] == pytest.approx(exact[0], rel=0.1)
+    assert estimate[1] == pytest.approx(exact[1], rel=0.1)
+    assert estimate != exact

@@ -1,9 +1,7 @@
 """Morphological features (IBSI family HCUG): mesh, voxel, PCA, hull, spatial autocorrelation.
 
 The mesh is a marching-cubes surface (level 0.5) of the zero-padded morphological mask
-in millimetres. Moran's I and Geary's C are O(n²) sums over voxel pairs with inverse
-distance weights; they are computed exactly for any ROI size as FFT convolutions with
-the ``1/distance`` kernel (no sampling, no approximation beyond float round-off).
+in millimetres. Moran's I and Geary's C come from :mod:`medai.radiomics.autocorrelation`.
 """
 
 from __future__ import annotations
@@ -12,11 +10,11 @@ import math
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import fft as sp_fft
 from scipy import spatial, special
 from skimage import measure
 
 from medai.radiomics._util import bbox_crop, safe_div
+from medai.radiomics.autocorrelation import moran_geary
 from medai.radiomics.roi import Roi
 
 __all__ = ["morphology_features"]
@@ -55,54 +53,6 @@ def _positions(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> 
     return np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
 
 
-def _wrapped_inverse_distance(
-    shape: tuple[int, ...], fft_shape: list[int], spacing: tuple[float, float, float]
-) -> NDArray[np.float64]:
-    """``1/distance`` kernel laid out circularly on ``fft_shape`` (0 at the origin).
-
-    With ``fft_shape ≥ 2·shape − 1`` a circular convolution then equals the linear one
-    at every voxel of the ``shape`` box.
-    """
-    axes = []
-    for m, n, sp in zip(shape, fft_shape, spacing, strict=True):
-        k = np.arange(n)
-        offset = np.where(k < m, k, k - n).astype(np.float64)
-        offset[(k >= m) & (k <= n - m)] = np.inf  # unused wrap-around gap
-        axes.append(offset * sp)
-    grids = np.meshgrid(*axes, indexing="ij")
-    with np.errstate(invalid="ignore"):
-        dist = np.sqrt(sum(g**2 for g in grids))
-    kernel = np.zeros(dist.shape)
-    np.divide(1.0, dist, out=kernel, where=(dist > 0) & np.isfinite(dist))
-    return kernel
-
-
-def _autocorrelation(roi: Roi) -> tuple[float, float]:
-    """Moran's I and Geary's C of the intensity mask, exact via FFT convolution."""
-    mask, image = bbox_crop(roi.int_mask, roi.image, pad=0)
-    n = int(mask.sum())
-    if n < 2:
-        return math.nan, math.nan
-    x = image[mask]
-    y = np.where(mask, image - x.mean(), 0.0)
-    fft_shape = [sp_fft.next_fast_len(2 * m - 1, real=True) for m in mask.shape]
-    kernel = _wrapped_inverse_distance(mask.shape, fft_shape, roi.spacing)
-    k_hat = sp_fft.rfftn(kernel, s=fft_shape)
-    both = np.stack([mask.astype(np.float64), y])
-    conv = sp_fft.irfftn(
-        sp_fft.rfftn(both, s=fft_shape, axes=(1, 2, 3)) * k_hat, s=fft_shape, axes=(1, 2, 3)
-    )
-    box = tuple(slice(0, m) for m in mask.shape)
-    k_mask, k_y = conv[0][box], conv[1][box]
-    weight_sum = float(k_mask[mask].sum())
-    sum_sq = float((y[mask] ** 2).sum())
-    cross = float((y * k_y)[mask].sum())
-    geary_num = 2.0 * float((y[mask] ** 2 * k_mask[mask]).sum()) - 2.0 * cross
-    moran = safe_div(n * cross, weight_sum * sum_sq)
-    geary = safe_div((n - 1) * geary_num, 2.0 * weight_sum * sum_sq)
-    return moran, geary
-
-
 def morphology_features(roi: Roi) -> dict[str, float]:
     """Morphological features of ``roi`` keyed by short IBSI-derived names."""
     spacing = roi.spacing
@@ -125,7 +75,7 @@ def morphology_features(roi: Roi) -> dict[str, float]:
     out.update(_hull_and_boxes(verts, faces, volume, area))
     out.update(_pca_features(morph, spacing, volume, area))
     out["integ_int"] = volume * float(roi.values.mean())
-    out["moran_i"], out["geary_c"] = _autocorrelation(roi)
+    out["moran_i"], out["geary_c"] = moran_geary(roi)
     return out
 
 
