@@ -326,3 +326,18 @@ def test_moran_geary_estimate_for_huge_rois_is_close(monkeypatch: pytest.MonkeyP
     assert estimate[0] == pytest.approx(exact[0], rel=0.1)
     assert estimate[1] == pytest.approx(exact[1], rel=0.1)
     assert estimate != exact
+
+
+def test_two_voxel_and_flat_rois_do_not_warn() -> None:
+    data = np.random.default_rng(2).normal(0, 50, (8, 8, 3))
+    two = np.zeros(data.shape, dtype=np.uint8)
+    two[3, 3, 1] = two[3, 4, 1] = 1
+    img, lab = _pair(data, two)
+    f = extract_features(img, lab, settings=RadiomicsSettings(aggregations=ALL))
+    assert math.isnan(f["stat_rmad"])  # nothing lies strictly between P10 and P90
+    assert f["glcm_joint_max_2d_avg"] == 0.5  # one pair of two levels, counted both ways
+    flat = np.zeros(data.shape, dtype=np.uint8)
+    flat[1:7, 2:6, 1] = 1  # a single slice: zero thickness for the PCA ellipsoid
+    f = extract_features(*_pair(data, flat), settings=RadiomicsSettings(aggregations=ALL))
+    assert math.isnan(f["morph_v_dens_aee"])
+    assert f["morph_vol_approx"] == 24.0

@@ -69,7 +69,7 @@ def _spread(x: NDArray[np.float64]) -> dict[str, float]:
         "iqr": float(p75 - p25),
         "range": float(x.max() - x.min()),
         "mad": float(np.mean(np.abs(x - mean))),
-        "rmad": float(np.mean(np.abs(robust - robust.mean()))),
+        "rmad": float(np.mean(np.abs(robust - robust.mean()))) if robust.size else math.nan,
         "medad": float(np.mean(np.abs(x - median))),
         "cov": safe_div(math.sqrt(float(np.var(x))), mean),
         "qcod": safe_div(float(p75 - p25), float(p75 + p25)),
