@@ -42,7 +42,11 @@ def test_clean_cohort_is_clean(cohort: Path) -> None:
     report = check_dataset(import_msd(cohort), progress=lambda d, t: calls.append((d, t)))
     assert report.ok, report.anomalies
     assert report.cases_checked == N_CASES
-    assert report.notes == []  # enough cases to judge outliers
+    # fixture sites A and B have 3 cases each: too few to compare raw scales per site
+    assert report.notes == [
+        "raw intensity scale not judged at site 'A': 3 cases",
+        "raw intensity scale not judged at site 'B': 3 cases",
+    ]
     assert calls[-1] == (N_CASES, N_CASES)
 
 
@@ -112,6 +116,33 @@ def test_intensity_outlier(copy: Path) -> None:
     kinds = {(a.kind, a.case) for a in report.anomalies}
     assert kinds == {(AnomalyKind.INTENSITY_OUTLIER, "BRATS_002")}
     assert any("channel 't1gd' mean" in a.detail for a in report.anomalies)
+
+
+def _scaled(copy: Path, case: str, factor: float) -> None:
+    image, _ = case_arrays(int(case[-3:]))
+    write_nifti(ScalarImage(image * factor, AFFINE), copy / "imagesTr" / f"{case}.nii.gz")
+
+
+def test_intensity_outlier_whole_image_without_sites(tmp_path: Path) -> None:
+    """Without site information only a gross scale change (> ~12x) is an outlier."""
+    root = write_msd(tmp_path, N_CASES, clinical=False)
+    _scaled(root, "BRATS_003", 3.0)
+    assert check_dataset(import_msd(root)).ok
+    _scaled(root, "BRATS_003", 40.0)
+    found = {(a.kind, a.case) for a in check_dataset(import_msd(root)).anomalies}
+    assert found == {(AnomalyKind.INTENSITY_OUTLIER, "BRATS_003")}
+
+
+def test_intensity_outlier_within_site(copy: Path) -> None:
+    """With every case at one named site, a 3x scale change is already an outlier."""
+    _scaled(copy, "BRATS_003", 3.0)
+    ds = import_msd(copy)
+    ds.cases = [c.model_copy(update={"clinical": {"site": "X"}}) for c in ds.cases]
+    report = check_dataset(ds)
+    assert {(a.kind, a.case) for a in report.anomalies} == {
+        (AnomalyKind.INTENSITY_OUTLIER, "BRATS_003")
+    }
+    assert report.notes == []
 
 
 def test_duplicate_image(copy: Path) -> None:

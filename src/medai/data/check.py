@@ -213,36 +213,85 @@ def _check_splits(ds: Dataset, add: Callable[[AnomalyKind, str | None, str], Non
             )
 
 
+def _flag(
+    ids: list[str],
+    values: np.ndarray,
+    raw: list[float],
+    what: str,
+    floor: float,
+    z_max: float,
+    add: Callable[[AnomalyKind, str | None, str], None],
+) -> None:
+    z = robust_z(values, floor=floor)
+    for i in np.flatnonzero(np.abs(z) > z_max):
+        add(AnomalyKind.INTENSITY_OUTLIER, ids[i], f"{what} {raw[i]:.4g} has robust z {z[i]:+.1f}")
+
+
+def _site_groups(ds: Dataset, ids: list[str], site_column: str) -> dict[str, list[int]] | None:
+    sites = [ds.case(i).clinical.get(site_column) for i in ids]
+    if any(s is None for s in sites):
+        return None
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, site in enumerate(sites):
+        groups[str(site)].append(index)
+    return groups
+
+
 def _check_outliers(
     ds: Dataset,
     stats: dict[str, list[tuple[float, float]]],
     add: Callable[[AnomalyKind, str | None, str], None],
     z_max: float,
-) -> None:
+    site_column: str,
+) -> list[str]:
+    """Flag outlying cases; return notes on what could not be judged.
+
+    Two families, in log units: (1) each channel's mean relative to the case's other
+    channels (scale-free, so scanners with other units do not matter; floor 0.2);
+    (2) raw mean and std, judged within each site when every case names its site
+    (floor 0.05), else across all cases with a wide floor (0.5: about 12× off).
+    """
     ids = list(stats)
     table = np.log(np.abs(np.asarray([stats[i] for i in ids])) + 1e-6)  # (cases, channels, 2)
-    for c, channel in enumerate(ds.channels):
-        for s, stat in enumerate(("mean", "std")):
-            z = robust_z(table[:, c, s], floor=0.05)  # 5 % in log units: never flag tiny spread
-            for i in np.flatnonzero(np.abs(z) > z_max):
-                value = stats[ids[i]][c][s]
-                detail = f"channel {channel!r} {stat} {value:.4g} has robust z {z[i]:+.1f}"
-                add(AnomalyKind.INTENSITY_OUTLIER, ids[i], detail)
+    raw = np.asarray([stats[i] for i in ids])
+    if len(ds.channels) > 1:
+        relative = table[:, :, 0] - table[:, :, 0].mean(axis=1, keepdims=True)
+        for c, channel in enumerate(ds.channels):
+            what = f"channel {channel!r} mean relative to the other channels, mean"
+            _flag(ids, relative[:, c], list(raw[:, c, 0]), what, 0.2, z_max, add)
+    groups = _site_groups(ds, ids, site_column)
+    floor = 0.05 if groups else 0.5
+    groups = groups or {"": list(range(len(ids)))}
+    notes = []
+    for site, members in sorted(groups.items()):
+        if len(members) < MIN_CASES_FOR_OUTLIERS:
+            notes.append(f"raw intensity scale not judged at site {site!r}: {len(members)} cases")
+            continue
+        sub_ids = [ids[m] for m in members]
+        for c, channel in enumerate(ds.channels):
+            for s, stat in enumerate(("mean", "std")):
+                what = f"channel {channel!r} {stat}"
+                values, rawv = table[members, c, s], list(raw[members, c, s])
+                _flag(sub_ids, values, rawv, what, floor, z_max, add)
+    return notes
 
 
 def check_dataset(
     ds: Dataset,
     *,
     z_max: float = 5.0,
+    site_column: str = "site",
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """Check every case of ``ds`` and return the anomalies found.
 
     Args:
         ds: The dataset.
-        z_max: Robust-z threshold for intensity outliers (per-case per-channel mean
-            and std of non-zero voxels, in log scale, median/MAD across cases; judged
-            only with at least 5 readable cases).
+        z_max: Robust-z threshold for intensity outliers: per-case per-channel mean
+            and std of the non-zero voxels, in log scale, median/MAD across cases
+            (see ``_check_outliers``); judged only with at least 5 readable cases.
+        site_column: Clinical column naming the scanner site; raw intensity scales
+            are compared within a site when every case has it.
         progress: Called as ``progress(done, total)`` after each case.
     """
     anomalies: list[Anomaly] = []
@@ -266,9 +315,9 @@ def check_dataset(
     for same in hashes.values():
         for cid in same[1:]:
             add(AnomalyKind.DUPLICATE_IMAGE, cid, f"voxel data identical to case {same[0]!r}")
-    notes = []
+    notes: list[str] = []
     if len(stats) >= MIN_CASES_FOR_OUTLIERS:
-        _check_outliers(ds, stats, add, z_max)
+        notes += _check_outliers(ds, stats, add, z_max, site_column)
     else:
         notes.append(
             f"intensity outliers not judged: {len(stats)} readable case(s), "
