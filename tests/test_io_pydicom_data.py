@@ -207,3 +207,29 @@ def test_cli_info_on_the_folder() -> None:
     result = CliRunner().invoke(app, ["io", "info", str(DATA)])
     assert result.exit_code == 0, result.output
     assert "series" in result.output
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        DATA / "JPEG-LL.dcm",  # JPEG lossless, process 14 SV1
+        DATA / "JPGLosslessP14SV1_1s_1f_8b.dcm",
+        DATA / "bad_sequence.dcm",
+        DATA / "693_J2KR.dcm",
+        DATA / "MR2_J2KR.dcm",
+        DATA / "emri_small_jpeg_ls_lossless.dcm",
+        DATA / "explicit_VR-UN.dcm",
+        TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR_FULL
+        TEST_FILES / "SC_rgb_jpeg_gdcm.dcm",  # JPEG baseline, RGB
+        TEST_FILES / "JPEGLSNearLossless_08.dcm",
+        TEST_FILES / "SC_rgb_rle.dcm",
+    ],
+    ids=lambda p: p.name,
+)
+def test_compressed_pixels_match_an_independent_decoder(path: Path) -> None:
+    """pydicom + pylibjpeg (medai) and GDCM (inside SimpleITK) decode to the same values."""
+    ours = read_dicom(path).array
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # (z, y, x[, c])
+    ref = ref.transpose(3, 2, 1, 0) if ref.ndim == 4 else ref.transpose(2, 1, 0)[np.newaxis]
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-3)  # float32 rescale rounding only
