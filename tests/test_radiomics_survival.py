@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
+from medai.cli.survival_cmd import survival
+from medai.evaluation.report import ReportData, render_report
 from medai.radiomics.survival import fit_survival
 from medai.radiomics.survival_metrics import (
     assign_risk_groups,
@@ -21,6 +26,7 @@ from medai.radiomics.survival_metrics import (
     risk_group_cutpoints,
 )
 from medai.radiomics.survival_pipeline import SurvivalPipeline, SurvivalSettings
+from medai.radiomics.survival_report import survival_section
 
 FAST = SurvivalSettings(n_bootstrap=200)
 TRUE = ("volume", "enhancing_fraction", "age")
@@ -176,7 +182,7 @@ def test_pipeline_errors() -> None:
 
 
 # -- fit_survival end to end ------------------------------------------------------------
-def test_cox_recovers_true_covariates_and_oracle_c_index(tmp_path: object) -> None:
+def test_cox_recovers_true_covariates_and_oracle_c_index(tmp_path: Path) -> None:
     df, lp = simulate_cohort()
     oracle = compute_c_index(df.os, df.dead, lp)
     feats = [c for c in df.columns if c not in ("os", "dead", "age")]
@@ -191,7 +197,7 @@ def test_cox_recovers_true_covariates_and_oracle_c_index(tmp_path: object) -> No
     assert res.logrank.p_value < 1e-6
     assert res.selection_frequency["volume"] == 1.0
     assert res.figures["forest"].startswith(b"\x89PNG")
-    written = res.save(tmp_path)  # type: ignore[arg-type]
+    written = res.save(tmp_path)
     assert {p.name for p in written} == {
         "survival.json", "hazard_ratios.csv", "km_risk_groups.png", "forest.png",
     }  # fmt: skip
@@ -242,3 +248,34 @@ def test_fit_survival_input_errors() -> None:
         fit_survival(df.assign(dead=2), time_col="os", event_col="dead", features=["volume"])
     with pytest.raises(TypeError, match="pandas DataFrame"):
         fit_survival(df.to_numpy(), time_col="os", event_col="dead", features=["volume"])  # type: ignore[arg-type]
+
+
+# -- report section and CLI --------------------------------------------------------------
+def test_report_section_and_cli(tmp_path: Path) -> None:
+    df, _ = simulate_cohort(n=150, n_noise=5, seed=11)
+    df.insert(0, "patient_id", [f"P{i:03d}" for i in range(len(df))])
+    df = df.rename(columns={"volume": "morph_volume", "enhancing_fraction": "stat_mean"})
+    res = fit_survival(
+        df, time_col="os", event_col="dead", features=["morph_volume", "stat_mean"],
+        clinical=["age"], settings=FAST,
+    )  # fmt: skip
+    section = survival_section(res)
+    html = render_report(ReportData(title="t", sections=[section]))
+    assert "C-index" in html
+    assert "data:image/png;base64" in html
+    assert section.tables[2].rows[0][0] == res.hazard_ratios.index[0]
+    feats, clin = tmp_path / "features.csv", tmp_path / "clinical.csv"
+    df.drop(columns=["age", "os", "dead"]).to_csv(feats, index=False)
+    df[["patient_id", "age", "os", "dead"]].to_csv(clin, index=False)
+    app = typer.Typer()
+    app.command()(survival)
+    args = [str(feats), "--clinical-table", str(clin), "--time", "os", "--event", "dead"]
+    args += ["--clinical", "age", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "CV C-index" in result.output
+    assert "morph_volume" in result.output
+    assert (tmp_path / "out" / "forest.png").is_file()
+    bad = CliRunner().invoke(app, [str(feats), "--clinical-table", str(clin), "--on", "nope"])
+    assert bad.exit_code == 2
+    assert "--on 'nope'" in bad.output
