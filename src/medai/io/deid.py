@@ -1,12 +1,15 @@
 """De-identification of DICOM files: the PS3.15 Annex E basic profile, with keyed pseudonyms.
 
 The action table (``deid_profile.csv`` next to this module) encodes the basic profile
-column of PS3.15 Table E.1-1; rows marked ``medai`` are extra removals. Choices where
-the standard leaves one open, applied the same way everywhere (sequences included):
+column of PS3.15 Table E.1-1 (2023 edition, ~590 rows, repeating groups included); rows
+marked ``medai`` are not in that column (some come from older editions) and are extra
+removals or UID replacements. Choices where the standard leaves one open, applied the
+same way everywhere (sequences included):
 
 * ``X`` removes; ``Z`` and ``X/Z`` empty the value; ``D``, ``Z/D``, ``X/D``, ``X/Z/D`` and
-  ``C`` put a dummy of the right VR; ``U`` maps each UID to ``2.25.<n>`` where ``n`` is a
-  UUID built from an HMAC of the UID under the project key (same key, same mapping).
+  ``C`` put a dummy of the right VR (binary VRs get a zero-length value); ``U`` maps
+  each UID to ``2.25.<n>`` where ``n`` is a UUID built from an HMAC of the UID under
+  the project key (same key, same mapping).
 * A sequence under ``X/Z/U*`` (references to images) is kept and cleaned item by item,
   so references stay valid; any other replaced sequence becomes empty.
 * Dates (DA, and the date part of DT) are shifted by a per-patient number of days drawn
