@@ -48,11 +48,13 @@ def _moments(x: NDArray[np.float64]) -> dict[str, float]:
     mean = float(x.mean())
     dev = x - mean
     m2 = float(np.mean(dev**2))
+    if m2 == 0:  # IBSI: skewness and kurtosis are 0 for a constant region
+        return {"mean": mean, "var": 0.0, "skew": 0.0, "kurt": 0.0}
     return {
         "mean": mean,
         "var": m2,
-        "skew": safe_div(float(np.mean(dev**3)), m2**1.5),
-        "kurt": safe_div(float(np.mean(dev**4)), m2**2) - 3.0,
+        "skew": float(np.mean(dev**3)) / m2**1.5,
+        "kurt": float(np.mean(dev**4)) / m2**2 - 3.0,
     }
 
 
