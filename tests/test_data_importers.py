@@ -69,6 +69,13 @@ def test_msd_label_disagreement_is_reported(tmp_path: Path) -> None:
     assert "[3] are not declared" in found[0].detail
 
 
+def test_msd_declared_label_absent_from_files_is_noted(tmp_path: Path) -> None:
+    labels = {**MSD_LABELS, "4": "necrosis"}
+    report = check_dataset(import_msd(write_msd(tmp_path, 2, labels=labels)))
+    assert report.ok
+    assert "declared label(s) [4] occur in no label file" in report.notes
+
+
 def test_msd_without_dataset_json_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"dataset\.json"):
         import_msd(tmp_path)

@@ -170,7 +170,8 @@ def _check_label(
     image: ScalarImage | None,
     label: LabelMap,
     add: Callable[[AnomalyKind, str | None, str], None],
-) -> None:
+) -> set[int]:
+    """Check one label map; return the values it holds."""
     cid = case.case_id
     if image is not None and not label.same_grid(image):
         add(AnomalyKind.NOT_COREGISTERED, cid, _grid_detail("label", label, "image", image))
@@ -185,6 +186,7 @@ def _check_label(
             )
     if values <= {0}:
         add(AnomalyKind.EMPTY_LABEL, cid, "label holds background only")
+    return {int(v) for v in values}
 
 
 def _check_splits(ds: Dataset, add: Callable[[AnomalyKind, str | None, str], None]) -> None:
@@ -302,11 +304,12 @@ def check_dataset(
     reader = _CaseReader(ds, add)
     hashes: dict[str, list[str]] = defaultdict(list)
     stats: dict[str, list[tuple[float, float]]] = {}
+    seen: set[int] = set()
     for done, case in enumerate(ds.cases, start=1):
         image = reader.image(case)
         label = reader.label(case)
         if label is not None and ds.task is TaskType.SEGMENTATION:
-            _check_label(ds, case, image, label, add)
+            seen |= _check_label(ds, case, image, label, add)
         if image is not None:
             hashes[_voxel_hash(image)].append(case.case_id)
             stats[case.case_id] = _channel_stats(image)
@@ -323,6 +326,9 @@ def check_dataset(
             f"intensity outliers not judged: {len(stats)} readable case(s), "
             f"need {MIN_CASES_FOR_OUTLIERS}"
         )
+    unseen = sorted(set(ds.labels) - seen - {0})
+    if seen and unseen:
+        notes.append(f"declared label(s) {unseen} occur in no label file")
     _check_splits(ds, add)
     logger.info("checked %d cases of %s: %d anomalies", len(ds.cases), ds.name, len(anomalies))
     return CheckReport(
