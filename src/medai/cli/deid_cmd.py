@@ -78,8 +78,12 @@ def _problems(report: DeidReport) -> None:
 
 
 def deid(
-    src: Path = typer.Argument(..., help="A DICOM file or a folder (walked recursively)."),
-    dst: Path = typer.Argument(..., help="Output file or folder (the input layout is mirrored)."),
+    src: Path = typer.Argument(
+        ..., metavar="IN", help="A DICOM file or a folder (walked recursively)."
+    ),
+    dst: Path = typer.Argument(
+        ..., metavar="OUT", help="Output file or folder (the input layout is mirrored)."
+    ),
     key_file: Path | None = typer.Option(
         None, "--key-file", help=f"File holding the project's secret key (else ${KEY_ENV_VAR})."
     ),
