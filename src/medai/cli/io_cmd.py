@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from medai.cli.console import console, user_errors
+from medai.cli.console import console, progress, user_errors
 from medai.errors import ImageReadError
 from medai.image import Image
 from medai.io import find_series, read_image, write_dicom_series, write_image
@@ -93,7 +93,11 @@ def info(
     """Show size, spacing, orientation and DICOM identifiers; a folder series by series."""
     with user_errors():
         if path.is_dir():
-            series = find_series(path)
+            with progress() as bar:
+                task = bar.add_task("Reading DICOM headers", total=None)
+                series = find_series(
+                    path, on_file=lambda done, total: bar.update(task, completed=done, total=total)
+                )
             if not series:
                 raise ImageReadError(path, "no DICOM image series found in this folder")
             for table in _series_tables(path, series):

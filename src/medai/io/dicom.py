@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,14 +148,19 @@ def _candidate_files(folder: Path) -> list[Path]:
     )
 
 
-def _scan(folder: Path, *, pixels: bool) -> dict[str, list[tuple[Path, Dataset]]]:
+def _scan(
+    folder: Path, *, pixels: bool, on_file: Callable[[int, int], None] | None = None
+) -> dict[str, list[tuple[Path, Dataset]]]:
     """The image files under ``folder``, grouped by SeriesInstanceUID.
 
     With ``pixels``, the pixel data stay on disk until decoded (deferred read)."""
     if not folder.is_dir():
         raise ImageReadError(folder, "folder not found")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in _candidate_files(folder):
+    candidates = _candidate_files(folder)
+    for done, path in enumerate(candidates, start=1):
+        if on_file is not None:
+            on_file(done, len(candidates))
         try:
             ds = load_dataset(path, pixels=pixels, defer=pixels)
         except ImageReadError as exc:
@@ -266,18 +271,26 @@ def _series_info(uid: str, items: Sequence[tuple[Path, Dataset]], folder: Path) 
     )
 
 
-def find_series(folder: str | Path) -> list[SeriesInfo]:
+def find_series(
+    folder: str | Path, *, on_file: Callable[[int, int], None] | None = None
+) -> list[SeriesInfo]:
     """List the DICOM image series under ``folder``, sorted by study, number and UID.
 
     Geometry problems (a missing slice, mixed orientations) do not raise; they are
     reported in :attr:`SeriesInfo.problem`.
+
+    Args:
+        folder: Searched recursively; non-DICOM and non-image files are skipped.
+        on_file: Called as ``on_file(done, total)`` before each file is read (for
+            progress bars).
 
     Raises:
         ImageReadError: If ``folder`` does not exist.
     """
     root = Path(folder)
     with pydicom_warnings_to_log(root):
-        infos = [_series_info(uid, items, root) for uid, items in _scan(root, pixels=False).items()]
+        groups = _scan(root, pixels=False, on_file=on_file)
+        infos = [_series_info(uid, items, root) for uid, items in groups.items()]
     return sorted(infos, key=lambda s: (s.study_uid, s.series_number or 0, s.uid))
 
 
