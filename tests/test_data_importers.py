@@ -209,6 +209,21 @@ def test_deephealth_yaml_segmentation_and_bad_label(tmp_path: Path) -> None:
         import_deephealth_yaml(path)
 
 
+def test_deephealth_yaml_several_locations_are_channels(tmp_path: Path) -> None:
+    for name, value in (("a0", 1), ("a1", 2), ("b0", 3), ("b1", 4)):
+        _png(tmp_path / f"{name}.png", value)
+    images = [
+        {"location": ["a0.png", "a1.png"], "label": "x"},
+        {"location": ["b0.png", "b1.png"], "label": "y"},
+    ]
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump({"classes": ["x", "y"], "images": images}))
+    ds = import_deephealth_yaml(path)
+    assert ds.channels == ["image_0", "image_1"]
+    image = ds.load_case_image(ds.case("b0"))
+    assert image.array[:, 0, 0, 0].tolist() == [3.0, 4.0]
+
+
 # -- CSV, class folders, MedMNIST -----------------------------------------------------
 def test_csv_classification_and_regression(tmp_path: Path) -> None:
     for i in range(3):

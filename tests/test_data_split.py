@@ -160,3 +160,12 @@ def test_cli_split_saves_in_manifest(tmp_path: Path) -> None:
     assert sorted(back.splits.external) == ["BRATS_004", "BRATS_005", "BRATS_006"]
     assert len(back.splits.test) == 1  # site A: HGG 2 patients -> round(0.68)=1, LGG 1 -> 0
     assert back.splits.seed == 1
+
+
+def test_cli_split_of_a_folder_writes_its_manifest(tmp_path: Path) -> None:
+    root = write_msd(tmp_path, 6)
+    result = CliRunner().invoke(app, ["data", "split", str(root), "--folds", "2"])
+    assert result.exit_code == 0, result.output
+    back = Dataset.load(root / "dataset.yaml")
+    assert len(back.splits.folds) == 2
+    assert sorted(c for f in back.splits.folds for c in f) == sorted(back.splits.train)

@@ -113,7 +113,9 @@ def check_cmd(
 
 @data_app.command("split")
 def split_cmd(
-    manifest: Path = typer.Argument(..., help="Manifest (dataset.yaml) to split in place."),
+    manifest: Path = typer.Argument(
+        ..., help="Manifest (dataset.yaml) to split in place, or a dataset folder."
+    ),
     test: float = typer.Option(0.2, help="Fraction of patients for testing."),
     validation: float = typer.Option(0.1, help="Fraction of patients for validation."),
     folds: int = typer.Option(0, help="Cross-validation folds over train (0: none)."),
@@ -136,7 +138,9 @@ def split_cmd(
             site_column=site_column,
             seed=seed,
         )
-        target = out or path or Path("dataset.yaml")
+        target = out or path or (manifest / "dataset.yaml" if manifest.is_dir() else None)
+        if target is None:
+            raise ValueError(f"{manifest} is not a manifest; say where to write one with --out")
         ds.save(target)
     console.print(_summary(ds))
     console.print(f"wrote [bold]{target}[/]")
