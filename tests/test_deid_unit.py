@@ -233,3 +233,17 @@ def test_single_file_and_refusals(tmp_path: Path) -> None:
         deidentify_path(src, src, key=KEY)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         deidentify_path(tmp_path / "nope", tmp_path / "out", key=KEY)
+
+
+def test_preamble_zeroed_and_stale_group_lengths_dropped(tmp_path: Path) -> None:
+    src = tmp_path / "a.dcm"
+    _dicom_file(src, "PID-3")
+    ds = pydicom.dcmread(src)
+    ds.preamble = b"II*\x00" + b"\x01" * 124  # e.g. a TIFF header of a dual-format file
+    ds.add_new(0x00080000, "UL", 1234)  # retired group length, wrong after removals
+    ds.save_as(src, enforce_file_format=False)
+    deidentify_path(src, tmp_path / "b.dcm", key=KEY)
+    out = pydicom.dcmread(tmp_path / "b.dcm")
+    assert out.preamble == bytes(128)
+    assert 0x00080000 not in out
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID

@@ -263,6 +263,10 @@ def deidentify_dataset(
     meta = getattr(out, "file_meta", None)
     if isinstance(meta, FileMetaDataset):
         _clean(meta, ctx, "")
+    preamble = getattr(out, "preamble", None)
+    if preamble and any(preamble):  # a preamble may carry another format's header
+        out.preamble = bytes(128)
+        ctx.changes.append(Change(file_label, "preamble", "", "Z", ctx.hash(preamble), ""))
     _mark(out, ctx)
     return out, ctx.changes
 
@@ -280,6 +284,8 @@ def _clean(ds: Dataset, ctx: _Ctx, prefix: str) -> None:
                 _clean_items(elem, ctx, path)
             continue
         action = profile_action(elem.tag)
+        if elem.tag.element == 0 and elem.tag.group != 0x0002:
+            action = "X"  # retired group length: stale once elements are removed
         if elem.VR == "SQ":
             _clean_sequence(ds, elem, action, ctx, path)
         elif action == "X":
