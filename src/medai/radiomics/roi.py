@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ class Roi:
         grey: Discretised grey levels 1..``n_levels`` inside ``int_mask``, 0 elsewhere.
         n_levels: Number of grey levels ``Ng``.
         spacing: Voxel size (mm) along the array axes.
+        cache: Intermediate results shared between families (e.g. zones).
     """
 
     image: NDArray[np.float64]
@@ -48,6 +49,7 @@ class Roi:
     grey: NDArray[np.int64]
     n_levels: int
     spacing: tuple[float, float, float]
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def values(self) -> NDArray[np.float64]:

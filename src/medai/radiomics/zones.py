@@ -40,16 +40,19 @@ def zones(
     labels = np.zeros(grey.shape, dtype=np.int64)
     levels, sizes, slices = [], [], []
     offset = 0
-    z_index = np.broadcast_to(np.arange(grey.shape[2]), grey.shape)
-    for g in np.unique(grey[grey > 0]):
-        member = grey == g
+    # each grey level is labelled inside its own bounding box only
+    for g, box in enumerate(ndimage.find_objects(grey), start=1):
+        if box is None:
+            continue
+        member = grey[box] == g
         lab, n = ndimage.label(member, structure=structure)
-        sizes.append(np.bincount(lab[member], minlength=n + 1)[1:])
+        inside = lab[member]
+        sizes.append(np.bincount(inside, minlength=n + 1)[1:])
         z = np.zeros(n + 1, dtype=np.int64)
-        z[lab[member]] = z_index[member]
+        z[inside] = np.nonzero(member)[2] + box[2].start
         slices.append(z[1:])
         levels.append(np.full(n, g, dtype=np.int64))
-        labels[member] = lab[member] + offset
+        labels[box][member] = inside + offset
         offset += n
     return np.concatenate(levels), np.concatenate(sizes), np.concatenate(slices), labels
 
@@ -89,7 +92,10 @@ def _zone_family(
 
     def build(planar: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         if planar not in matrices:
-            levels, sizes, slices, labels = zones(grey, planar=planar)
+            key = ("zones", planar)
+            if key not in roi.cache:
+                roi.cache[key] = zones(grey, planar=planar)
+            levels, sizes, slices, labels = roi.cache[key]
             values = column(sizes, labels, planar)
             slices = slices if planar else np.zeros_like(slices)
             stack, cols = _stacks(levels, values, slices, n, grey.shape[2] if planar else 1)
