@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medai.errors import DatasetError, ImageReadError
+from medai.errors import DatasetError
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.io import read_image, read_label
@@ -299,10 +299,3 @@ def region_masks(label: LabelMap, regions: Mapping[str, list[int]]) -> dict[str,
         mask = np.isin(label.array, np.asarray(members)).astype(np.uint8)
         out[name] = label.with_array(mask)
     return out
-
-
-def resolve_file(path: Path, *, what: str) -> Path:
-    """``path`` if it is an existing file, else an :class:`ImageReadError` naming ``what``."""
-    if not path.is_file():
-        raise ImageReadError(path, f"{what} not found")
-    return path
