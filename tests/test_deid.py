@@ -241,3 +241,42 @@ def test_audit_never_holds_original_identifiers(run: Run) -> None:
     assert len(secrets) >= 10
     leaked = [s for s in secrets if s in audit]
     assert not leaked
+
+
+# Written down from PS3.15 Table E.1-1 independently of medai's CSV: each of these must
+# never keep a non-empty original value.
+MUST_CHANGE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "PatientAddress",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "SeriesDate",
+    "ContentDate",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+
+
+def test_key_identifiers_change_in_every_file(run: Run) -> None:
+    seen = 0
+    for src, out, _ in run.pairs:
+        original, result = _read(src), _read(out)
+        for keyword in MUST_CHANGE:
+            value = original.get(keyword)
+            if value not in (None, ""):
+                seen += 1
+                assert str(result.get(keyword, "")) != str(value), f"{out}: {keyword}"
+    assert seen > 1000
