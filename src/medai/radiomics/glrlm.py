@@ -40,12 +40,13 @@ def runs(
     ends = np.argwhere(roi & (nxt != grey))
     axis = int(np.nonzero(d)[0][0])
     shape = np.asarray(grey.shape)
+    extent = int(shape.max()) + 1  # positions t along a line lie in [0, extent)
 
     def order(points: NDArray[np.int64]) -> NDArray[np.int64]:
         t = points[:, axis] * d[axis]
         base = points - t[:, None] * d[None, :] + shape  # non-negative line coordinates
-        key = (base[:, 0] * (3 * shape[1]) + base[:, 1]) * (3 * shape[2]) + base[:, 2]
-        return np.lexsort((t, key))
+        line = (base[:, 0] * (3 * shape[1]) + base[:, 1]) * (3 * shape[2]) + base[:, 2]
+        return np.argsort(line * extent + t, kind="stable")
 
     s_sorted, e_sorted = starts[order(starts)], ends[order(ends)]
     t_start = s_sorted[:, axis] * d[axis]
