@@ -10,6 +10,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.datadict import keyword_for_tag
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
-from medai.io import deidentify_path
+from medai.io import deidentify_path, read_dicom
 from medai.io.deid import (
     KEY_ENV_VAR,
     deidentify_dataset,
@@ -247,3 +248,11 @@ def test_preamble_zeroed_and_stale_group_lengths_dropped(tmp_path: Path) -> None
     assert out.preamble == bytes(128)
     assert 0x00080000 not in out
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm"])
+def test_deidentified_image_reads_back_identically(name: str, tmp_path: Path) -> None:
+    deidentify_path(TEST_FILES / name, tmp_path / name, key=KEY)
+    before, after = read_dicom(TEST_FILES / name), read_dicom(tmp_path / name)
+    np.testing.assert_array_equal(after.array, before.array)
+    np.testing.assert_allclose(after.affine, before.affine, atol=1e-9)
