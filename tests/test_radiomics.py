@@ -342,3 +342,51 @@ def test_two_voxel_and_flat_rois_do_not_warn() -> None:
     f = extract_features(*_pair(data, flat), settings=RadiomicsSettings(aggregations=ALL))
     assert math.isnan(f["morph_v_dens_aee"])
     assert f["morph_vol_approx"] == 24.0
+
+
+def test_glcm_features_match_skimage_graycoprops() -> None:
+    from skimage.feature import graycoprops
+
+    from medai.radiomics.glcm import glcm_matrix_features
+
+    rng = np.random.default_rng(4)
+    grey = rng.integers(1, 7, size=(9, 8, 1))
+    ref = graycomatrix(grey[:, :, 0].astype(np.uint8), [1], [0.0], levels=7, symmetric=True)
+    ref = ref[1:, 1:].astype(np.float64)
+    ours = glcm_matrix_features(ref[:, :, 0, 0][None])
+    ref_norm = ref / ref.sum()
+    assert ours["contrast"][0] == pytest.approx(graycoprops(ref_norm, "contrast")[0, 0])
+    assert ours["dissimilarity"][0] == pytest.approx(graycoprops(ref_norm, "dissimilarity")[0, 0])
+    assert ours["inv_diff_mom"][0] == pytest.approx(graycoprops(ref_norm, "homogeneity")[0, 0])
+    assert ours["energy"][0] == pytest.approx(graycoprops(ref_norm, "ASM")[0, 0])
+    assert ours["corr"][0] == pytest.approx(graycoprops(ref_norm, "correlation")[0, 0])
+
+
+def test_statistics_match_scipy() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(6)
+    data = rng.gamma(2.0, 10.0, (10, 9, 8))
+    mask = rng.random(data.shape) > 0.3
+    only_stats = RadiomicsSettings(families=(Family.STATISTICS,))
+    f = extract_features(*_pair(data, mask), settings=only_stats)
+    x = data[mask]
+    assert f["stat_skew"] == pytest.approx(stats.skew(x))
+    assert f["stat_kurt"] == pytest.approx(stats.kurtosis(x))  # excess (Fisher)
+    assert f["stat_iqr"] == pytest.approx(stats.iqr(x))
+    assert f["stat_var"] == pytest.approx(np.var(x))  # no bias correction
+    assert f["stat_medad"] == pytest.approx(np.mean(np.abs(x - np.median(x))))
+
+
+def test_mesh_area_matches_skimage() -> None:
+    from skimage import measure
+
+    mask = np.zeros((12, 11, 10), dtype=np.uint8)
+    mask[3:9, 2:8, 3:7] = 1
+    mask[5, 8, 4] = 1
+    spacing = (0.7, 0.9, 1.6)
+    roi = prepare_roi(*_pair(np.ones(mask.shape), mask, spacing), settings=RadiomicsSettings())
+    f = morphology_features(roi)
+    verts, faces, _, _ = measure.marching_cubes(np.pad(mask, 1).astype(float), 0.5, spacing=spacing)
+    assert f["area_mesh"] == pytest.approx(measure.mesh_surface_area(verts, faces))
+    assert f["vol_approx"] == pytest.approx(mask.sum() * np.prod(spacing))
