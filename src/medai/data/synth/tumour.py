@@ -166,6 +166,15 @@ def _lowest(cost: F32, allowed: Bool3, count: int) -> Bool3:
     return out
 
 
+def _connected_to(mask: Bool3, seed: Bool3) -> Bool3:
+    """The parts of ``mask`` that touch ``seed`` (26-connectivity)."""
+    if not mask.any() or not seed.any():
+        return mask
+    labels, _ = ndimage.label(mask | seed, structure=np.ones((3, 3, 3)))
+    keep = np.unique(labels[seed])
+    return mask & np.isin(labels, keep[keep > 0])
+
+
 def _box(
     centre: tuple[int, int, int], shape: tuple[int, int, int], half: int
 ) -> tuple[slice, slice, slice]:
@@ -187,7 +196,7 @@ def grow_tumour(
     shape = (int(wm.shape[0]), int(wm.shape[1]), int(wm.shape[2]))
     voxel_ml = spacing**3 / 1000.0
     r_wt = _radius_mm(params.wt_ml)
-    box = _box(centre, shape, int(np.ceil(2.4 * r_wt / spacing)) + 2)
+    box = _box(centre, shape, int(np.ceil(3.0 * r_wt / spacing)) + 2)
     rng = np.random.default_rng(params.shape_seed)
     bshape = tuple(s.stop - s.start for s in box)
     noise = smooth_field(rng, bshape, nodes=5, channels=4)
@@ -199,17 +208,17 @@ def grow_tumour(
     dist = np.sqrt(((rel / aniso) ** 2).sum(axis=0))  # mm, ellipsoidal
     wm_b, brain_b, csf_b = wm[box], brain[box], csf[box]
 
-    core_cost = dist * np.exp(0.35 * noise[0] + 0.15 * fine)
+    core_cost = dist * np.exp(0.5 * noise[0] + 0.25 * fine)
     tissue = (brain_b > 0.5) & (csf_b < 0.6 * brain_b + 0.2)
     n = [round(v / voxel_ml) for v in (params.tc_ml, params.ncr_ml, params.et_ml)]
     core = _lowest(core_cost, tissue, n[0])
     core = ndimage.binary_closing(core, iterations=1) & tissue
-    necrosis = _lowest(core_cost * np.exp(0.3 * noise[1]), core, n[1])
+    necrosis = _lowest(core_cost * np.exp(0.45 * noise[1]), core, n[1])
     shell = core & ~necrosis
     if params.grade is Grade.HGG:
         # Enhancement hugs the necrosis: cost grows away from it, broken up by noise.
         gap = ndimage.distance_transform_edt(~necrosis) if necrosis.any() else dist / spacing
-        et_cost = gap.astype(np.float32) + 1.2 * noise[2] + 0.8 * fine
+        et_cost = 0.5 * gap.astype(np.float32) + 1.5 * noise[2] + 1.0 * fine
     else:
         et_cost = noise[2] + 0.3 * fine
     enhancing = _lowest(et_cost, shell, n[2])
@@ -217,9 +226,9 @@ def grow_tumour(
 
     n_ed = round((params.wt_ml - params.tc_ml) / voxel_ml)
     # Oedema tracks white matter: cost is much lower in WM than in cortex, none in CSF.
-    ed_cost = dist * np.exp(0.45 * noise[3]) * (1.7 - wm_b / np.maximum(brain_b, 1e-3))
-    ed_allowed = (brain_b > 0.5) & (csf_b < 0.35) & ~core
-    oedema = _lowest(ed_cost, ed_allowed, n_ed)
+    ed_cost = dist * np.exp(0.4 * noise[3]) * (1.7 - wm_b / np.maximum(brain_b, 1e-3))
+    ed_allowed = (brain_b > 0.5) & (csf_b < 0.35) & ~core & (dist < 2.7 * r_wt)
+    oedema = _connected_to(_lowest(ed_cost, ed_allowed, int(1.1 * n_ed)), core)
 
     def full(mask: Bool3) -> Bool3:
         out = np.zeros(shape, dtype=bool)
