@@ -85,7 +85,7 @@ def mirp_extractor(bin_number: int) -> Extractor:
         "base_discretisation_method": "fixed_bin_number",
         "base_discretisation_n_bins": bin_number,
         "ivh_discretisation_method": "fixed_bin_number",
-        "ivh_discretisation_n_bins": bin_number,
+        "ivh_discretisation_n_bins": 1000,  # IBSI advice for MR; medai default
         "glcm_spatial_method": ["3d_average", "3d_volume_merge"],
         "glrlm_spatial_method": ["3d_average", "3d_volume_merge"],
         "glszm_spatial_method": "3d",
