@@ -134,3 +134,18 @@ def test_fingerprint_frequencies(tmp_path: Path) -> None:
     assert fp.region_case_fraction["WT"] == 1.0
     assert fp.region_case_fraction["ET"] == pytest.approx(2 / 3)
     assert len(fp.channels) == 4
+
+
+def test_cohort_from_dataset_manifest_matches_msd(tmp_path: Path) -> None:
+    from medai.data import import_msd
+
+    root = make_msd(tmp_path / "msd", cases=3)
+    direct = as_cohort(root)
+    via = as_cohort(import_msd(root))
+    assert via.ids() == direct.ids()
+    assert via.channels == direct.channels
+    assert via.regions == direct.regions
+    a, b = direct.cases[1], via.cases[1]
+    np.testing.assert_array_equal(a.load_image().array, b.load_image().array)
+    np.testing.assert_array_equal(a.load_label().array, b.load_label().array)
+    assert a.content_key() == b.content_key()

@@ -44,7 +44,12 @@ class SegCohort:
     labels: dict[int, str]
     regions: dict[str, list[int]]
     train_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
     test_ids: list[str] = field(default_factory=list)
+
+    def ids(self) -> list[str]:
+        """Every case id, in cohort order."""
+        return [c.case_id for c in self.cases]
 
     def subset(self, ids: list[str]) -> list[SegCase]:
         """The cases whose ids are in ``ids``, in that order."""
@@ -95,34 +100,38 @@ def _default_regions(labels: dict[int, str]) -> dict[str, list[int]]:
 
 
 def _dataset_cohort(dataset: Any) -> SegCohort:
+    """From a ``medai.data.Dataset`` (cases, channels, labels, regions, splits)."""
     cases = []
     for case in dataset.cases:
-        case_id = str(getattr(case, "case_id", getattr(case, "id", case)))
-        key = getattr(case, "content_hash", None)
+        files = [Path(f) for f in case.files()] if hasattr(case, "files") else []
+        key = _paths_key(*files) if files else partial(str, case.case_id)
         cases.append(
             SegCase(
-                case_id,
+                str(case.case_id),
                 partial(dataset.load_case_image, case),
                 partial(dataset.load_case_label, case),
-                partial(str, key if key else case_id),
+                key,
             )
         )
-    labels = {int(k): str(v) for k, v in dict(getattr(dataset, "labels", {})).items()}
-    regions = dict(getattr(dataset, "regions", {}) or {}) or _default_regions(labels)
-    splits = dict(getattr(dataset, "splits", {}) or {})
+    if not cases:
+        raise DatasetError(f"dataset {getattr(dataset, 'name', '?')!r} has no case")
+    labels = {int(k): str(v) for k, v in dict(dataset.labels).items()}
+    regions = dict(dataset.regions or {}) or _default_regions(labels)
+    splits = dataset.splits
     return SegCohort(
         cases,
-        list(getattr(dataset, "channels", getattr(dataset, "channel_names", ["image"]))),
+        list(dataset.channels),
         labels,
         {str(k): [int(x) for x in v] for k, v in regions.items()},
-        train_ids=[str(i) for i in splits.get("train", [])],
-        test_ids=[str(i) for i in splits.get("test", [])],
+        train_ids=[str(i) for i in getattr(splits, "train", [])],
+        val_ids=[str(i) for i in getattr(splits, "validation", [])],
+        test_ids=[str(i) for i in getattr(splits, "test", [])],
     )
 
 
 def as_cohort(source: Any) -> SegCohort:
-    """A :class:`SegCohort` from a path (MSD folder, or a folder the dataset layer
-    imports) or a dataset object.
+    """A :class:`SegCohort` from a path (MSD folder, a saved ``Dataset`` manifest, or
+    any folder :func:`medai.data.import_dataset` understands) or a dataset object.
 
     Raises:
         DatasetError: If the source holds no usable cases.
@@ -131,12 +140,14 @@ def as_cohort(source: Any) -> SegCohort:
         return source
     if isinstance(source, str | Path):
         root = Path(source)
-        if (root / "dataset.json").is_file():
-            return _msd_cohort(root)
-        try:
-            from medai.data import import_dataset
-        except ImportError:
-            raise DatasetError(f"{root}: not an MSD folder (no dataset.json)") from None
+        if root.is_dir() and (root / "dataset.json").is_file():
+            meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+            if "training" in meta:
+                return _msd_cohort(root)
+        from medai.data import Dataset, import_dataset
+
+        if root.is_file():
+            return _dataset_cohort(Dataset.load(root))
         return _dataset_cohort(import_dataset(root))
     if hasattr(source, "cases") and hasattr(source, "load_case_image"):
         return _dataset_cohort(source)

@@ -93,6 +93,9 @@ class TrainPlan(_Strict):
     amp: bool = True
     val_every: int = Field(default=2, ge=1)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    max_val_share: float = Field(
+        default=0.15, gt=0, le=1, description="with a time budget: skip validations beyond it"
+    )
     early_stop_patience: int | None = Field(
         default=None, ge=1, description="validations without gain"
     )

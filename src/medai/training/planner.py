@@ -71,6 +71,17 @@ def _fit_patch(
     return (patch[0], patch[1], patch[2])
 
 
+def _probe_patch(
+    patch: tuple[int, int, int], net: NetworkPlan, dev: torch.device
+) -> tuple[int, int, int]:
+    """On a CPU, probe at ≤ 32³ and scale by voxels (compute is ~linear in voxels)."""
+    if dev.type == "cuda":
+        return patch
+    m = net.downsampling
+    side = max(2 * m, 32)
+    return (min(patch[0], side), min(patch[1], side), min(patch[2], side))
+
+
 def probe_throughput(
     net: NetworkPlan,
     *,
@@ -179,11 +190,18 @@ def make_plan(
         patch = _fit_patch(extent, cand, budget_bytes, cap, batch)  # type: ignore[arg-type]
         patches[cand.architecture] = patch
         if probe:
-            say(f"probing {cand.architecture} at {patch} × {batch}")
-            speeds[cand.architecture] = probe_throughput(
-                cand, channels=len(cohort.channels), regions=len(cohort.regions),
-                patch=patch, batch=batch, device=dev,
-            )  # fmt: skip
+            small = _probe_patch(patch, cand, dev)
+            say(f"probing {cand.architecture} at {small} × {batch}")
+            sps = probe_throughput(
+                cand,
+                channels=len(cohort.channels),
+                regions=len(cohort.regions),
+                patch=small,
+                batch=batch,
+                device=dev,
+            )
+            scale = float(np.prod(small)) / float(np.prod(patch))
+            speeds[cand.architecture] = sps * scale
         else:
             speeds[cand.architecture] = STATIC_SPEED[cand.architecture] * 4.0
     arch, reason = _choose_network(speeds, time_budget_s if not epochs else None, dev)

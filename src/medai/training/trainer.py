@@ -130,12 +130,14 @@ class _Trainer:
         self.plan, self.out, self.callbacks, self.dist = plan, out_dir, list(callbacks), dist
         self.tp = plan.train
         _seed_all(self.tp.seed)
-        ids = (
-            list(case_ids) if case_ids else (cohort.train_ids or [c.case_id for c in cohort.cases])
-        )
-        self.train_ids, self.val_ids = split_train_val(
-            ids, fraction=self.tp.val_fraction, seed=self.tp.seed
-        )
+        if case_ids is None and cohort.train_ids and cohort.val_ids:
+            ids = cohort.train_ids + cohort.val_ids  # the dataset's own validation split
+            self.train_ids, self.val_ids = list(cohort.train_ids), list(cohort.val_ids)
+        else:
+            ids = list(case_ids) if case_ids else (cohort.train_ids or cohort.ids())
+            self.train_ids, self.val_ids = split_train_val(
+                ids, fraction=self.tp.val_fraction, seed=self.tp.seed
+            )
         t0 = time.perf_counter()
         cache = cache_dir or out_dir / "cache"
         paths = self._preprocess(cohort, ids, cache)
@@ -316,6 +318,7 @@ class _Trainer:
         t = time.perf_counter()
         scores = validate(self.net, self.val_cases, self.plan, device=self.dist.device)
         self.last_val_s = time.perf_counter() - t
+        self.state["last_val_end_s"] = self.elapsed()
         dice = {n: float(np.mean([s.dice[n] for s in scores])) for n in self.plan.regions}
         mean = float(np.mean(list(dice.values())))
         st = self.state
@@ -346,7 +349,7 @@ class _Trainer:
         if complete:
             st["epoch"] += 1
             st["step_in_epoch"] = 0
-        due = complete and st["epoch"] % self.tp.val_every == 0
+        due = complete and st["epoch"] % self.tp.val_every == 0 and self._val_affordable()
         dice = self.run_validation() if (due or force_val) else {}
         row: dict[str, Any] = {
             "epoch": st["epoch"],
@@ -365,6 +368,13 @@ class _Trainer:
         self.save_checkpoint()
         if self.dist.is_main:
             write_metrics(self.out, st["history"])
+
+    def _val_affordable(self) -> bool:
+        """With a time budget, keep validation under ``max_val_share`` of the time."""
+        if not self.tp.time_budget_s or not self.last_val_s:
+            return True
+        since = self.elapsed() - float(self.state.get("last_val_end_s", 0.0))
+        return self.last_val_s <= self.tp.max_val_share * (since + self.last_val_s)
 
     def run(self, *, resume: bool) -> RunResult:
         last = self.ckpt_dir / "last.pt"
