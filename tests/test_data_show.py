@@ -21,7 +21,8 @@ def _rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB")).astype(int)
 
 
-def test_png_size_and_overlay_on_tumour_slice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlay", ["contour", "fill"])
+def test_png_size_and_overlay_on_tumour_slice(tmp_path: Path, overlay: str) -> None:
     image = np.zeros((2, 10, 12, 7), np.float32)
     image[:, 2:8, 2:10, :] = 100.0
     label = np.zeros((10, 12, 7), np.int16)
@@ -31,6 +32,7 @@ def test_png_size_and_overlay_on_tumour_slice(tmp_path: Path) -> None:
         LabelMap(label, AFFINE),
         tmp_path / "case.png",
         channel_names=["T1", "T2"],
+        overlay=overlay,
     )
     rgb = _rgb(out)
     assert rgb.shape == (PANEL_PIXELS, 2 * PANEL_PIXELS, 3)
@@ -56,6 +58,8 @@ def test_render_validates_inputs(tmp_path: Path) -> None:
     other = LabelMap(np.zeros((4, 4, 2), np.int16), AFFINE)
     with pytest.raises(ValueError, match="grid"):
         render_case_png(image, other, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="overlay must be"):
+        render_case_png(image, None, tmp_path / "x.png", overlay="dots")
     with pytest.raises(ValueError, match="slice_index 9"):
         render_case_png(image, None, tmp_path / "x.png", slice_index=9)
     assert not (tmp_path / "x.png").exists()

@@ -152,6 +152,7 @@ def show_cmd(
     case_id: str = typer.Argument(..., help="Case id to show."),
     out: Path = typer.Option(Path("case.png"), "--out", "-o", help="PNG to write."),
     slice_index: int | None = typer.Option(None, "--slice", help="Axial slice (RAS order)."),
+    fill: bool = typer.Option(False, "--fill", help="Fill label regions instead of outlining."),
 ) -> None:
     """Write a PNG of one axial slice per channel with the label overlay."""
     with user_errors():
@@ -166,5 +167,6 @@ def show_cmd(
             channel_names=ds.channels,
             slice_index=slice_index,
             label_names=ds.labels,
+            overlay="fill" if fill else "contour",
         )
     console.print(f"wrote [bold]{out}[/]")

@@ -50,7 +50,15 @@ def _slice_index(label: np.ndarray | None, depth: int) -> int:
     return depth // 2
 
 
-def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str) -> None:
+def _contours(axis: Any, label: np.ndarray) -> None:
+    """Outline each label value (the contrast underneath stays visible)."""
+    shown = label[::-1].T
+    for value in np.unique(label[label != 0]):
+        mask = (shown == value).astype(np.float32)
+        axis.contour(mask, levels=[0.5], colors=[_colour(value)], linewidths=1.2)
+
+
+def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str, overlay: str) -> None:
     low, high = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
     axis.imshow(
         data[::-1].T,
@@ -61,7 +69,9 @@ def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str) ->
         interpolation="nearest",
         aspect="auto",
     )
-    if label is not None and np.any(label):
+    if label is not None and np.any(label) and overlay == "contour":
+        _contours(axis, label)
+    elif label is not None and np.any(label):
         values = np.unique(label[label != 0])
         index = np.searchsorted(values, label) + 1  # 1.. for foreground values
         masked = np.ma.masked_where(label == 0, index)
@@ -103,6 +113,7 @@ def render_case_png(
     channel_names: Sequence[str] | None = None,
     slice_index: int | None = None,
     label_names: Mapping[int, str] | None = None,
+    overlay: str = "contour",
 ) -> Path:
     """Write a PNG with one axial slice per channel, the label overlaid on each.
 
@@ -114,6 +125,8 @@ def render_case_png(
         slice_index: Axial slice (in RAS order); default the slice with the most
             foreground, or the middle slice when there is no label.
         label_names: Label value → name, for a colour legend on the last panel.
+        overlay: ``"contour"`` (outlines; the contrast stays visible) or ``"fill"``
+            (semi-transparent colour).
 
     Returns:
         ``path``. The picture is ``channels × 256`` by ``256`` pixels.
@@ -131,6 +144,8 @@ def render_case_png(
     )
     if len(names) != image.num_channels:
         raise ValueError(f"channel_names has {len(names)} names for {image.num_channels} channels")
+    if overlay not in ("contour", "fill"):
+        raise ValueError(f"overlay must be 'contour' or 'fill'; got {overlay!r}")
     if label is not None and not label.same_grid(image):
         raise ValueError("label is not on the image's grid (shape or affine differ); resample it")
     data = _to_ras(image.array.astype(np.float32), image.affine)
@@ -151,7 +166,7 @@ def render_case_png(
     try:
         fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0, hspace=0)
         for c, (axis, name) in enumerate(zip(axes[0], names, strict=True)):
-            _panel(axis, data[c, :, :, k], None if lab is None else lab[:, :, k], name)
+            _panel(axis, data[c, :, :, k], None if lab is None else lab[:, :, k], name, overlay)
         if label_names:
             _legend(axes[0][-1], label_names)
         path = Path(path)
