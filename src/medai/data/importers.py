@@ -71,7 +71,10 @@ def _clean(value: Any) -> Any:
 
 
 def _case_column(table: pd.DataFrame, case_ids: set[str], skip: str) -> str | None:
-    """The column (other than ``skip``) whose values name the most case ids, if any."""
+    """``case_id`` if present, else the column (not ``skip``) naming the most case ids,
+    provided it names at least half of them (so a stray numeric column never matches)."""
+    if "case_id" in table.columns:
+        return "case_id"
     best, overlap = None, 0
     for column in table.columns:
         if column == skip:
@@ -79,7 +82,7 @@ def _case_column(table: pd.DataFrame, case_ids: set[str], skip: str) -> str | No
         hits = len(case_ids & {str(v) for v in table[column]})
         if hits > overlap:
             best, overlap = str(column), hits
-    return best
+    return best if overlap * 2 >= len(case_ids) else None
 
 
 def attach_clinical(
