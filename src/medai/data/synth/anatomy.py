@@ -75,30 +75,58 @@ class SubjectAnatomy:
         return np.clip(self.fractions.sum(axis=0), 0.0, 1.0)
 
 
-def _load_templates() -> dict[str, F32]:
-    from nilearn import datasets
-
-    def fdata(img: Any) -> F32:
-        return np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
-
-    t1 = datasets.load_mni152_template(resolution=1)
-    return {
-        "t1": fdata(t1),
-        "gm": fdata(datasets.load_mni152_gm_template(resolution=1)),
-        "wm": fdata(datasets.load_mni152_wm_template(resolution=1)),
-        "mask": fdata(datasets.load_mni152_brain_mask(resolution=1)),
-        "affine": np.asarray(t1.affine, dtype=np.float32),
-    }
+_TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
 
 
-def _derive_csf(t1: F32, gm: F32, wm: F32, mask: F32) -> tuple[F32, F32]:
-    """CSF fraction (mask minus GM minus WM, plus ventricles) and the ventricle map."""
-    inside = mask > 0.5
-    depth = ndimage.distance_transform_edt(inside)  # mm at 1 mm spacing
+def _load_templates() -> tuple[dict[str, F32], NDArray[np.float64]]:
+    """The 1 mm T1, GM and WM templates scaled to [0, 1], and their affine.
+
+    Reads the files inside the nilearn wheel directly (importing ``nilearn.datasets``
+    costs seconds); falls back to nilearn's loaders if the files moved.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    folder = Path(roots[0]) / "datasets" / "data" if roots else Path()
+    images: dict[str, Any] = {}
+    if roots and all((folder / name).is_file() for name in _TEMPLATE_FILES.values()):
+        images = {key: nib.load(folder / name) for key, name in _TEMPLATE_FILES.items()}
+    else:  # pragma: no cover - depends on the nilearn release
+        from nilearn import datasets
+
+        images = {
+            "t1": datasets.load_mni152_template(resolution=1),
+            "gm": datasets.load_mni152_gm_template(resolution=1),
+            "wm": datasets.load_mni152_wm_template(resolution=1),
+        }
+    out = {}
+    for key, img in images.items():
+        data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+        out[key] = np.clip(data / max(float(data.max()), 1e-6), 0.0, 1.0)
+    return out, np.asarray(images["t1"].affine, dtype=np.float64)
+
+
+def _derive_csf(t1: F32, gm: F32, wm: F32, spacing: float) -> tuple[F32, F32]:
+    """CSF fraction (brain mask minus GM minus WM, plus ventricles) and ventricle map.
+
+    The brain mask is the T1 template above 0.2 of its maximum (nilearn's rule);
+    ventricles are dark on T1, poor in WM and more than 14 mm deep inside the mask.
+    """
+    inside = t1 > 0.2
+    depth = ndimage.distance_transform_edt(inside, sampling=spacing)
     ventricles = inside & (depth > 14.0) & (t1 < 0.42) & (wm < 0.5)
-    ventricles = ndimage.binary_opening(ventricles, iterations=1)
-    vent = ndimage.gaussian_filter(ventricles.astype(np.float32), 0.7)
-    csf = np.clip(mask - gm - wm, 0.0, 1.0)
+    if spacing <= 2.0:
+        ventricles = ndimage.binary_opening(ventricles, iterations=1)
+    vent = ndimage.gaussian_filter(ventricles.astype(np.float32), 0.7 / spacing)
+    csf = np.clip(inside - gm - wm, 0.0, 1.0)
     csf = np.maximum(csf, vent) * inside
     return csf.astype(np.float32), vent.astype(np.float32)
 
@@ -122,20 +150,18 @@ def load_atlas(spacing: float = 2.0) -> Atlas:
     """
     if not 1.0 <= spacing <= 8.0:
         raise ValueError(f"spacing must be between 1 and 8 mm; got {spacing}")
-    tpl = _load_templates()
-    gm, wm = np.clip(tpl["gm"], 0, 1), np.clip(tpl["wm"], 0, 1)
-    csf, vent = _derive_csf(tpl["t1"], gm, wm, tpl["mask"])
-    # Fractions must not exceed one: ventricles displace the GM/WM probabilities there.
-    total = csf + gm + wm
-    scale = np.where(total > 1.0, (1.0 - csf) / np.maximum(gm + wm, 1e-6), 1.0)
-    gm, wm = gm * np.clip(scale, 0, 1), wm * np.clip(scale, 0, 1)
-    extent = np.array(gm.shape) - 1
+    tpl, affine_1mm = _load_templates()
+    extent = np.array(tpl["t1"].shape) - 1
     shape = tuple(int(n) for n in np.floor(extent / spacing) + 1)
     shape3 = (shape[0], shape[1], shape[2])
-    fractions = np.stack([_resample(v, spacing, shape3) for v in (csf, gm, wm)])
-    affine = np.asarray(tpl["affine"], dtype=np.float64).copy()
+    t1, gm, wm = (_resample(tpl[k], spacing, shape3) for k in ("t1", "gm", "wm"))
+    csf, ventricles = _derive_csf(t1, gm, wm, spacing)
+    # Fractions must not exceed one: ventricles displace the GM/WM probabilities there.
+    scale = np.clip((1.0 - csf) / np.maximum(gm + wm, 1e-6), 0.0, 1.0)
+    gm, wm = gm * scale, wm * scale
+    fractions = np.stack([csf, gm, wm])
+    affine = affine_1mm.copy()
     affine[:3, :3] *= spacing
-    ventricles = _resample(vent, spacing, shape3)
     return Atlas(np.clip(fractions, 0, 1), affine, np.clip(ventricles, 0, 1))
 
 
