@@ -31,6 +31,9 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
+    # Third-party libraries warn about every odd header; medai reports what matters.
+    for noisy in ("pydicom", "highdicom", "nibabel", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def progress() -> Progress:

@@ -8,6 +8,7 @@ from medai import __version__
 from medai.cli.console import console, setup_logging
 from medai.cli.data_cmd import data_app
 from medai.cli.deid_cmd import deid
+from medai.cli.demo import demo
 from medai.cli.io_cmd import io_app
 from medai.cli.seg_cmd import register_seg_commands
 from medai.cli.synth_cmd import synth_app
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(io_app, name="io")
 app.add_typer(data_app, name="data")
+app.command("demo")(demo)
 app.add_typer(synth_app, name="synth")
 app.command("deid")(deid)
 register_seg_commands(app)
