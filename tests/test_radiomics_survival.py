@@ -246,6 +246,8 @@ def test_fit_survival_input_errors() -> None:
         fit_survival(df.iloc[:8], time_col="os", event_col="dead", features=["volume"])
     with pytest.raises(ValueError, match="must be 0/1"):
         fit_survival(df.assign(dead=2), time_col="os", event_col="dead", features=["volume"])
+    with pytest.raises(ValueError, match=r"\['age'\] are listed twice"):
+        fit_survival(df, time_col="os", event_col="dead", features=["age"], clinical=["age"])
     with pytest.raises(TypeError, match="pandas DataFrame"):
         fit_survival(df.to_numpy(), time_col="os", event_col="dead", features=["volume"])  # type: ignore[arg-type]
 

@@ -123,6 +123,12 @@ def _check_frame(
         raise ValueError(f"df lacks columns {missing}; available: {list(df.columns)[:20]}")
     if not columns:
         raise ValueError("give at least one feature or clinical column")
+    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    if repeated or time_col in columns or event_col in columns:
+        raise ValueError(
+            f"columns {repeated or [time_col, event_col]} are listed twice (features, "
+            "clinical, time, event must be distinct)"
+        )
     time = pd.to_numeric(df[time_col], errors="coerce").to_numpy(np.float64)
     if not np.all(np.isfinite(time)) or np.any(time < 0):
         raise ValueError(f"{time_col!r} must be finite and non-negative in every row")
