@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from numpy.typing import ArrayLike
+from matplotlib.lines import Line2D
+from numpy.typing import ArrayLike, NDArray
 
 from medai.evaluation.calibration import ReliabilityDiagram
 from medai.evaluation.classification import (
@@ -33,6 +34,7 @@ __all__ = [
     "plot_case_distribution",
     "plot_confusion_matrix",
     "plot_forest",
+    "plot_overlay",
     "plot_pr",
     "plot_reliability",
     "plot_roc",
@@ -271,4 +273,47 @@ def plot_bland_altman(
         )
     suffix = f" ({units})" if units else ""
     ax.set(xlabel=f"Mean of both{suffix}", ylabel=f"Difference{suffix}", title=title)
+    return fig
+
+
+def _outline(ax: object, mask: NDArray[np.bool_], colour: str) -> None:
+    if mask.any() and not mask.all():  # a constant mask has no contour (matplotlib warns)
+        ax.contour(mask.T.astype(np.float64), levels=[0.5], colors=[colour], linewidths=1.5)  # type: ignore[attr-defined]
+
+
+def plot_overlay(
+    image: ArrayLike,
+    reference: ArrayLike,
+    prediction: ArrayLike,
+    *,
+    aspect: float = 1.0,
+    title: str = "",
+) -> Figure:
+    """A 2-D slice in grey with the reference (green) and predicted (red) outlines.
+
+    Args:
+        image: Slice intensities indexed ``(i, j)``; ``i`` runs left to right.
+        reference: Reference mask on the same slice.
+        prediction: Predicted mask on the same slice.
+        aspect: Pixel height / width (``spacing_j / spacing_i``).
+        title: Figure title.
+    """
+    pixels = np.asarray(image, dtype=np.float64)
+    ref, pred = np.asarray(reference) != 0, np.asarray(prediction) != 0
+    if pixels.ndim != 2 or ref.shape != pixels.shape or pred.shape != pixels.shape:
+        raise ValueError(
+            f"image, reference and prediction must be 2-D of one shape; got "
+            f"{pixels.shape}, {ref.shape}, {pred.shape}"
+        )
+    fig = _new(4.2, 4.4)
+    ax = fig.add_subplot()
+    ax.imshow(pixels.T, cmap="gray", origin="lower", aspect=aspect, interpolation="nearest")
+    _outline(ax, ref, "#2ecc71")
+    _outline(ax, pred, "#e74c3c")
+    handles = [
+        Line2D([], [], color="#2ecc71", lw=1.5, label="reference"),
+        Line2D([], [], color="#e74c3c", lw=1.5, label="prediction"),
+    ]
+    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
+    ax.set(title=title, xticks=[], yticks=[])
     return fig

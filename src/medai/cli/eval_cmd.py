@@ -1,0 +1,66 @@
+"""``medai evaluate RUN``: score a trained run on a split, write report.html + metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from medai.cli.console import console, progress, user_errors
+
+if TYPE_CHECKING:
+    from medai.evaluation.run_report import EvaluationResult
+
+__all__ = ["evaluate_cmd"]
+
+
+def _dice_table(result: EvaluationResult) -> Table:
+    table = Table(title="Dice (mean, 95 % CI, patients resampled)")
+    table.add_column("region")
+    for split in result.splits:
+        n = int((result.per_case["split"] == split).sum())
+        table.add_column(f"{split} (n={n})", justify="right")
+    regions = [c.removesuffix("/dice") for c in result.per_case.columns if c.endswith("/dice")]
+    for region in [*regions, "mean"]:
+        key = "mean_dice" if region == "mean" else f"{region}/dice"
+        cells = []
+        for split in result.splits:
+            ci = result.aggregates[split].get(key)
+            cells.append("—" if ci is None else f"{ci.estimate:.3f} ({ci.low:.3f}–{ci.high:.3f})")
+        table.add_row(region, *cells)
+    return table
+
+
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Training run folder (holds model.pt)."),
+    split: str = typer.Option("test", help="Split to evaluate: test, validation, external."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (RUN/evaluation)."),
+    dataset: Path | None = typer.Option(
+        None, help="Dataset manifest or folder (default: named in RUN/run.json)."
+    ),
+    n_resamples: int = typer.Option(2000, help="Bootstrap replicates per interval."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    tolerance: float = typer.Option(1.0, help="Surface Dice tolerance (mm)."),
+    min_subgroup: int = typer.Option(10, help="Smallest subgroup given an interval."),
+    device: str | None = typer.Option(None, help="cpu, cuda"),
+) -> None:
+    """Evaluate a segmentation run: metrics with CIs, subgroups, external test, report."""
+    from medai.evaluation.run_report import evaluate_run
+
+    with user_errors(), progress() as bar:
+        task = bar.add_task("predicting and scoring", total=None)
+        result = evaluate_run(
+            run, split=split, out_dir=out, dataset=dataset, n_resamples=n_resamples,
+            seed=seed, tolerance_mm=tolerance, min_subgroup_cases=min_subgroup, device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    console.print(_dice_table(result))
+    if result.subgroups is not None and not result.subgroups.flagged.empty:
+        for _, row in result.subgroups.flagged.iterrows():
+            console.print(
+                f"[yellow]flagged[/] {row['split']}: {row['column']} = {row['group']} "
+                f"({row['reason']})"
+            )
+    console.print(f"report → [bold]{result.report_path}[/] · metrics → {result.metrics_path}")

@@ -1,0 +1,404 @@
+"""Evaluate a segmentation training run: predict a split, score it, write the report.
+
+:func:`evaluate_run` predicts every case of a split (and of the dataset's external
+split, which is always reported apart), scores each case and region in millimetres,
+averages with 95 % bootstrap intervals that resample patients, analyses subgroups by
+clinical column, and writes ``report.html`` and ``metrics.json`` (default
+``RUN/evaluation/``). Predicted label maps are kept in ``predictions/<split>/``.
+
+Empty masks follow the BraTS convention: both empty gives Dice 1 and HD95 0; one empty
+gives Dice 0 and HD95 = ASSD = 373.13 mm (the diagonal of the BraTS volume).
+
+The run names its dataset in ``RUN/run.json`` (``{"dataset": "<manifest or folder>"}``,
+relative paths resolved from the run folder); ``dataset=`` overrides or replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medai.data import Dataset, import_dataset
+from medai.data.manifest import Case
+from medai.errors import DatasetError
+from medai.evaluation.bootstrap import ConfidenceInterval, bootstrap_mean_ci
+from medai.evaluation.report import ChecklistItem, ReportSection
+from medai.evaluation.segmentation import compute_segmentation_metrics
+from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
+from medai.fsutil import atomic_write_text
+from medai.image import LabelMap
+
+__all__ = [
+    "BRATS_EMPTY_DISTANCE_MM",
+    "RUN_POINTER",
+    "SEGMENTATION_METRICS",
+    "EvaluationResult",
+    "evaluate_run",
+    "resolve_run_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+BRATS_EMPTY_DISTANCE_MM = 373.13
+RUN_POINTER = "run.json"
+SEGMENTATION_METRICS: tuple[str, ...] = (
+    "dice",
+    "iou",
+    "hd95",
+    "assd",
+    "nsd",
+    "abs_volume_error_mm3",
+    "rel_volume_error",
+)
+SUBGROUP_CANDIDATES: tuple[str, ...] = ("site", "vendor", "sex", "age_band", "grade")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_run` computed and wrote.
+
+    Attributes:
+        out_dir: Folder holding the report, metrics and predictions.
+        report_path: ``report.html``.
+        metrics_path: ``metrics.json``.
+        per_case: One row per evaluated case: ids, ``split``, clinical columns and
+            ``region/metric`` columns plus ``mean_dice``.
+        aggregates: Split → ``region/metric`` (and ``mean_dice``) → interval of the mean.
+        subgroups: Subgroup analysis of ``mean_dice`` (None without clinical columns).
+        checklist: The answered Radiology checklist.
+        splits: Splits evaluated, internal first.
+    """
+
+    out_dir: Path
+    report_path: Path
+    metrics_path: Path
+    per_case: pd.DataFrame
+    aggregates: dict[str, dict[str, ConfidenceInterval]]
+    subgroups: SubgroupAnalysis | None
+    checklist: list[ChecklistItem]
+    splits: list[str] = field(default_factory=list)
+
+
+def resolve_run_dataset(
+    run_dir: str | Path, dataset: Dataset | str | Path | None = None
+) -> tuple[Dataset, Path | None]:
+    """The dataset a run was trained on: ``dataset`` if given, else ``RUN/run.json``.
+
+    Raises:
+        DatasetError: If neither names a dataset.
+    """
+    if isinstance(dataset, Dataset):
+        return dataset, None
+    if dataset is None:
+        pointer = Path(run_dir) / RUN_POINTER
+        entry = None
+        if pointer.is_file():
+            entry = json.loads(pointer.read_text(encoding="utf-8")).get("dataset")
+        if not entry:
+            raise DatasetError(
+                f"{run_dir}: the run does not name its dataset (no {RUN_POINTER} with a "
+                "'dataset' entry); pass dataset= (CLI: --dataset PATH)"
+            )
+        dataset = Path(run_dir) / str(entry)  # an absolute entry replaces run_dir
+    path = Path(dataset)
+    return import_dataset(path), path
+
+
+def _split_cases(dataset: Dataset, split: str) -> list[Case]:
+    cases = dataset.split_cases(split)
+    if not cases:
+        raise DatasetError(
+            f"dataset {dataset.name!r} has no case in split {split!r}; split it first "
+            "(medai data split) or choose another --split"
+        )
+    return cases
+
+
+def _region_metrics(
+    pred: LabelMap,
+    ref: LabelMap,
+    regions: Mapping[str, Sequence[int]],
+    *,
+    tolerance_mm: float,
+    empty_distance: float,
+) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for region, members in regions.items():
+        ids = np.asarray(list(members))
+        p = pred.with_array(np.isin(pred.array, ids).astype(np.uint8))
+        r = ref.with_array(np.isin(ref.array, ids).astype(np.uint8))
+        values = compute_segmentation_metrics(
+            p, r, tolerance_mm=tolerance_mm, empty_distance=empty_distance
+        )
+        row.update({f"{region}/{k}": v for k, v in values.items()})
+    row["mean_dice"] = float(np.mean([row[f"{r}/dice"] for r in regions]))
+    return row
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    regions: dict[str, list[int]]
+    pred_dir: Path
+    tolerance_mm: float
+    empty_distance: float
+
+
+def _score_case(
+    loaded: Any, dataset: Dataset, case: Case, split: str, scoring: _Scoring
+) -> dict[str, Any]:
+    from medai.inference import predict_case
+    from medai.io import write_nifti
+
+    ref = dataset.load_case_label(case)
+    if ref is None:
+        raise DatasetError(
+            f"case {case.case_id!r} of split {split!r} has no reference label; "
+            "evaluation needs one for every case"
+        )
+    pred = predict_case(loaded, dataset.load_case_image(case)).labels
+    write_nifti(pred, scoring.pred_dir / split / f"{case.case_id}.nii.gz")
+    row: dict[str, Any] = {"case_id": case.case_id, "patient_id": case.patient_id, "split": split}
+    row.update({str(k): v for k, v in case.clinical.items()})
+    row.update(
+        _region_metrics(
+            pred,
+            ref,
+            scoring.regions,
+            tolerance_mm=scoring.tolerance_mm,
+            empty_distance=scoring.empty_distance,
+        )
+    )
+    return row
+
+
+def _score_splits(
+    loaded: Any,
+    dataset: Dataset,
+    splits: Mapping[str, list[Case]],
+    scoring: _Scoring,
+    progress: Progress | None,
+) -> pd.DataFrame:
+    total = sum(len(cases) for cases in splits.values())
+    rows, done = [], 0
+    for split, cases in splits.items():
+        for case in cases:
+            rows.append(_score_case(loaded, dataset, case, split, scoring))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    frame = pd.DataFrame(rows)
+    if "age" in frame.columns:
+        ages = pd.to_numeric(frame["age"], errors="coerce")
+        frame["age_band"] = age_bands(ages.to_numpy()).to_numpy() if ages.notna().any() else pd.NA
+    return frame
+
+
+def _aggregate(
+    frame: pd.DataFrame, regions: Sequence[str], *, n_resamples: int, seed: int
+) -> dict[str, ConfidenceInterval]:
+    """Interval of the mean of every region metric, resampling patients."""
+    clusters = frame["patient_id"].to_numpy()
+    columns = [f"{r}/{m}" for r in regions for m in SEGMENTATION_METRICS] + ["mean_dice"]
+    out: dict[str, ConfidenceInterval] = {}
+    for column in columns:
+        values = frame[column].to_numpy(dtype=np.float64)
+        if np.isnan(values).all():
+            continue
+        out[column] = bootstrap_mean_ci(
+            values, clusters=clusters, n_resamples=n_resamples, seed=seed
+        )
+    return out
+
+
+def _subgroups(
+    frame: pd.DataFrame, *, min_cases: int, n_resamples: int, seed: int
+) -> SubgroupAnalysis | None:
+    columns = [
+        c
+        for c in SUBGROUP_CANDIDATES
+        if c in frame.columns and frame.groupby("split")[c].nunique().max() >= 2
+    ]
+    if not columns:
+        return None
+    return analyse_subgroups(
+        frame,
+        by=columns,
+        value="mean_dice",
+        metric_name="mean Dice",
+        patient="patient_id",
+        split="split",
+        min_cases=min_cases,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if value is pd.NA:
+        return None
+    return value
+
+
+def _ci_json(ci: ConfidenceInterval) -> dict[str, Any]:
+    return {
+        "estimate": _finite(ci.estimate),
+        "low": _finite(ci.low),
+        "high": _finite(ci.high),
+        "confidence": ci.confidence,
+        "method": ci.method,
+        "n_patients": ci.n_clusters,
+    }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _finite(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _metrics_document(
+    run_dir: Path,
+    frame: pd.DataFrame,
+    aggregates: Mapping[str, Mapping[str, ConfidenceInterval]],
+    subgroups: SubgroupAnalysis | None,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    for split, intervals in aggregates.items():
+        part = frame[frame["split"] == split]
+        splits[split] = {
+            "n_cases": len(part),
+            "n_patients": int(part["patient_id"].nunique()),
+            "aggregate": {name: _ci_json(ci) for name, ci in intervals.items()},
+        }
+    return {
+        "run": str(run_dir),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": dict(settings),
+        "splits": splits,
+        "subgroups": {
+            "metric": "mean_dice",
+            "overall": _records(subgroups.overall),
+            "groups": _records(subgroups.table),
+        }
+        if subgroups is not None
+        else None,
+        "cases": _records(frame),
+    }
+
+
+def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
+    text = json.dumps(document, indent=2, allow_nan=False, default=str)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def _check_options(split: str, n_resamples: int, tolerance_mm: float, n_worst: int) -> None:
+    if split == "train":
+        raise ValueError("split='train' would score the model on its own training cases; "
+                         "use 'test', 'validation' or 'external'")  # fmt: skip
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be >= 100; got {n_resamples}")
+    if tolerance_mm < 0:
+        raise ValueError(f"tolerance_mm must be >= 0; got {tolerance_mm}")
+    if n_worst < 0:
+        raise ValueError(f"n_worst must be >= 0; got {n_worst}")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    dataset: Dataset | str | Path | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    progress: Progress | None = None,
+    tolerance_mm: float = 1.0,
+    empty_distance: float = BRATS_EMPTY_DISTANCE_MM,
+    min_subgroup_cases: int = 10,
+    n_worst: int = 3,
+    ci_width_target: float = 0.1,
+    extra_sections: Sequence[ReportSection] = (),
+    device: str | None = None,
+) -> EvaluationResult:
+    """Evaluate a segmentation run on a split and write ``report.html`` + ``metrics.json``.
+
+    Args:
+        run_dir: Training run folder (``model.pt``, ``plan.yaml``, ``kpis.json`` ...).
+        split: Dataset split to evaluate; the ``external`` split, when the dataset has
+            one, is evaluated too and reported in its own section.
+        out_dir: Output folder (default ``run_dir/evaluation``).
+        dataset: Dataset (or manifest / folder path) the run was trained on; default
+            from ``run_dir/run.json``.
+        n_resamples: Bootstrap replicates for every interval.
+        seed: Bootstrap seed (recorded in ``metrics.json``).
+        progress: Called as ``progress(cases_done, cases_total)`` after each case.
+        tolerance_mm: Normalised surface Dice tolerance.
+        empty_distance: HD95 / ASSD when exactly one mask is empty (BraTS: 373.13 mm).
+        min_subgroup_cases: Smaller subgroups get no interval and are never flagged.
+        n_worst: Worst cases (by mean Dice) shown with overlays, per split.
+        ci_width_target: Interval width of mean Dice counted as a justified set size.
+        extra_sections: Further report sections (e.g. radiomics / survival), appended.
+        device: Inference device (default CUDA when available).
+
+    Raises:
+        DatasetError: If the dataset cannot be found, the split is empty, or a case
+            lacks its reference label.
+        FileNotFoundError: If the run has no ``model.pt``.
+    """
+    from medai.evaluation.run_sections import RunContext, build_report
+    from medai.inference import load_run
+
+    _check_options(split, n_resamples, tolerance_mm, n_worst)
+    run = Path(run_dir)
+    loaded = load_run(run, device=device)
+    data, data_path = resolve_run_dataset(run, dataset)
+    splits = {split: _split_cases(data, split)}
+    if split != "external" and data.splits.external:
+        splits["external"] = data.split_cases("external")
+    out = Path(out_dir) if out_dir is not None else run / "evaluation"
+    scoring = _Scoring(dict(loaded.plan.regions), out / "predictions", tolerance_mm, empty_distance)
+    frame = _score_splits(loaded, data, splits, scoring, progress)
+    regions = list(loaded.plan.regions)
+    aggregates = {
+        name: _aggregate(frame[frame["split"] == name], regions, n_resamples=n_resamples, seed=seed)
+        for name in splits
+    }
+    subgroups = _subgroups(
+        frame, min_cases=min_subgroup_cases, n_resamples=min(n_resamples, 1000), seed=seed
+    )
+    context = RunContext(
+        run_dir=run, plan=loaded.plan, dataset=data, dataset_path=data_path, split=split,
+        frame=frame, aggregates=aggregates, subgroups=subgroups, pred_dir=scoring.pred_dir,
+        n_worst=n_worst, ci_width_target=ci_width_target, n_resamples=n_resamples,
+        tolerance_mm=tolerance_mm,
+    )  # fmt: skip
+    report_path, checklist = build_report(context, out / "report.html", extra_sections)
+    settings = {
+        "split": split, "dataset": str(data_path) if data_path else data.name,
+        "regions": loaded.plan.regions, "tolerance_mm": tolerance_mm,
+        "empty_distance_mm": empty_distance, "n_resamples": n_resamples, "seed": seed,
+        "interval": "bca, patients resampled", "min_subgroup_cases": min_subgroup_cases,
+    }  # fmt: skip
+    metrics_path = _write_json(
+        out / "metrics.json", _metrics_document(run, frame, aggregates, subgroups, settings)
+    )
+    log.info("evaluation of %s written to %s", run, out)
+    return EvaluationResult(
+        out, report_path, metrics_path, frame, aggregates, subgroups, checklist, list(splits)
+    )
