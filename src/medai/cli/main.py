@@ -11,6 +11,7 @@ from medai.cli.deid_cmd import deid
 from medai.cli.demo import demo
 from medai.cli.eval_cmd import evaluate_cmd
 from medai.cli.io_cmd import io_app
+from medai.cli.radiomics_cmd import radiomics_app
 from medai.cli.seg_cmd import register_seg_commands
 from medai.cli.synth_cmd import synth_app
 
@@ -24,6 +25,7 @@ app.add_typer(io_app, name="io")
 app.add_typer(data_app, name="data")
 app.command("demo")(demo)
 app.add_typer(synth_app, name="synth")
+app.add_typer(radiomics_app, name="radiomics")
 app.command("deid")(deid)
 register_seg_commands(app)
 app.command("evaluate")(evaluate_cmd)

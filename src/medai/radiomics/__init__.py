@@ -5,6 +5,13 @@ Initiative (Zwanenburg et al., Radiology 2020;295:328–338); values are validat
 IBSI digital phantom (CC BY 4.0).
 """
 
+from medai.radiomics.batch import (
+    MaskSource,
+    extract_dataset,
+    find_prediction,
+    wide_table,
+    write_features_csv,
+)
 from medai.radiomics.catalogue import FeatureInfo, feature_catalogue
 from medai.radiomics.extract import extract_features, features_table
 from medai.radiomics.roi import Roi, prepare_roi
@@ -24,6 +31,7 @@ __all__ = [
     "Family",
     "FeatureInfo",
     "LogRankResult",
+    "MaskSource",
     "RadiomicsSettings",
     "Roi",
     "SurvivalModel",
@@ -32,10 +40,14 @@ __all__ = [
     "SurvivalSettings",
     "compute_c_index",
     "compute_time_dependent_auc",
+    "extract_dataset",
     "extract_features",
     "feature_catalogue",
     "features_table",
+    "find_prediction",
     "fit_survival",
     "logrank_risk_groups",
     "prepare_roi",
+    "wide_table",
+    "write_features_csv",
 ]
