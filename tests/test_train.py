@@ -106,3 +106,13 @@ def test_channel_mismatch_is_refused(msd: Path, tmp_path: Path) -> None:
     plan = apply_overrides(tiny_plan(msd), {"channels": ["T1"]})
     with pytest.raises(ValueError, match="plan has 1 channels"):
         train(msd, plan, tmp_path / "run")
+
+
+def test_resume_with_a_different_plan_is_refused(msd: Path, tmp_path: Path) -> None:
+    plan = tiny_plan(msd, ["train.epochs=1"])
+    train(msd, plan, tmp_path / "run")
+    longer = train(msd, apply_overrides(plan, ["train.epochs=2"]), tmp_path / "run", resume=True)
+    assert longer.steps == 6  # the budget may grow on resume
+    other = apply_overrides(plan, ["train.epochs=3", "train.lr=0.1"])
+    with pytest.raises(ValueError, match="'train' section differs"):
+        train(msd, other, tmp_path / "run", resume=True)

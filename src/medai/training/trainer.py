@@ -205,6 +205,15 @@ class _Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         payload = torch.load(path, map_location=self.dist.device, weights_only=False)
+        saved = Plan.model_validate(payload["plan"])
+        budget = {"epochs", "time_budget_s", "early_stop_patience", "num_workers"}
+        for section in ("preprocess", "network", "train"):
+            before = getattr(saved, section).model_dump(exclude=budget)
+            if before != getattr(self.plan, section).model_dump(exclude=budget):
+                raise ValueError(
+                    f"cannot resume {path}: its plan's {section!r} section differs from the "
+                    "plan given now; resume with the run's own plan.yaml"
+                )
         self.net.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
