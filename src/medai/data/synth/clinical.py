@@ -29,7 +29,7 @@ class SurvivalModel:
     """True parameters of the survival model (written to ``survival_model.json``)."""
 
     rho: float = 1.4  # Weibull shape (> 1: hazard rises with time)
-    lam_days: float = 1300.0  # Weibull scale at x = 0
+    lam_days: float = 1100.0  # Weibull scale at x = 0
     beta: dict[str, float] = field(
         default_factory=lambda: {
             "log_volume_ml_minus_log60": 0.5,

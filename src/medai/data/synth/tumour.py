@@ -213,12 +213,13 @@ def grow_tumour(
     n = [round(v / voxel_ml) for v in (params.tc_ml, params.ncr_ml, params.et_ml)]
     core = _lowest(core_cost, tissue, n[0])
     core = ndimage.binary_closing(core, iterations=1) & tissue
-    necrosis = _lowest(core_cost * np.exp(0.45 * noise[1]), core, n[1])
+    # Necrosis is the deepest part of the core; enhancement the outer rim around it,
+    # broken by noise so that non-enhancing tumour fills the gaps.
+    depth = ndimage.distance_transform_edt(core, sampling=spacing).astype(np.float32)
+    necrosis = _lowest(-depth * np.exp(0.35 * noise[1]), core, n[1])
     shell = core & ~necrosis
     if params.grade is Grade.HGG:
-        # Enhancement hugs the necrosis: cost grows away from it, broken up by noise.
-        gap = ndimage.distance_transform_edt(~necrosis) if necrosis.any() else dist / spacing
-        et_cost = 0.5 * gap.astype(np.float32) + 1.5 * noise[2] + 1.0 * fine
+        et_cost = depth + 2.5 * noise[2] + 1.5 * fine
     else:
         et_cost = noise[2] + 0.3 * fine
     enhancing = _lowest(et_cost, shell, n[2])
