@@ -190,7 +190,7 @@ def test_unreadable_case_is_reported_and_the_batch_goes_on(
 
 
 def test_wide_table_pivots_to_one_row_per_case(reference: pd.DataFrame) -> None:
-    wide = wide_table(reference)
+    wide = wide_table(reference).set_index("case_id")
     assert wide.index.tolist() == ["c0", "c1", "c2"]
     n_rois = len(REGIONS) * len(CHANNELS)
     assert wide.shape[1] == 3 + n_rois * N_FEATURES + 2
@@ -204,6 +204,23 @@ def test_wide_table_pivots_to_one_row_per_case(reference: pd.DataFrame) -> None:
         wide_table(pd.concat([reference, reference.iloc[:1]]))
     with pytest.raises(ValueError, match=r"columns .*missing"):
         wide_table(reference.drop(columns="region"))
+
+
+def test_wide_table_sidecar_names_region_channel_and_ibsi_code(
+    reference: pd.DataFrame, tmp_path: Path
+) -> None:
+    csv, sidecar = write_features_csv(wide_table(reference), tmp_path / "wide.csv")
+    assert pd.read_csv(csv).case_id.tolist() == ["c0", "c1", "c2"]
+    meta = json.loads(sidecar.read_text())
+    assert len(meta["features"]) == len(REGIONS) * len(CHANNELS) * N_FEATURES
+    entry = meta["features"]["TC_t1gd_glcm_joint_max_3d_avg"]
+    assert entry["ibsi_code"] == "GYBY"
+    assert (entry["region"], entry["channel"], entry["feature"]) == (
+        "TC",
+        "t1gd",
+        "glcm_joint_max_3d_avg",
+    )
+    assert meta["settings"]["bin_number"] == 32
 
 
 def test_csv_round_trip_and_ibsi_sidecar(reference: pd.DataFrame, tmp_path: Path) -> None:
@@ -245,12 +262,16 @@ def test_cli_extract_writes_csv_and_sidecar(dataset: Dataset, tmp_path: Path) ->
     manifest = Path(dataset.cases[0].image).parent / "dataset.yaml"
     out = tmp_path / "features.csv"
     args = ["radiomics", "extract", str(manifest), "--out", str(out), "--split", "train"]
-    result = CliRunner().invoke(app, [*args, "--regions", "ET", "--workers", "1"])
+    result = CliRunner().invoke(app, [*args, "--regions", "ET", "--workers", "1", "--wide"])
     assert result.exit_code == 0, result.output
     assert "4 ROIs (2 ok, 2 empty mask, 0 failed)" in " ".join(result.output.split())
     table = pd.read_csv(out)
     assert table.case_id.tolist() == ["c0", "c0", "c1", "c1"]
     assert (out.parent / "features.ibsi.json").is_file()
+    wide = pd.read_csv(out.parent / "features.wide.csv")
+    assert wide.case_id.tolist() == ["c0", "c1"]
+    assert np.isnan(wide.loc[1, "ET_t1gd_stat_mean"])
+    assert (out.parent / "features.wide.ibsi.json").is_file()
     bad = CliRunner().invoke(app, [*args, "--regions", "XX"])
     assert bad.exit_code == 2
     assert "unknown" in bad.output

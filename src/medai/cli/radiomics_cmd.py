@@ -35,11 +35,22 @@ def extract(
         False, "--all-aggregations", help="Add 2D and 2.5D texture aggregations (482 features)."
     ),
     workers: int = typer.Option(2, "--workers", "-j", help="Parallel processes (1 = none)."),
+    wide: bool = typer.Option(
+        False,
+        "--wide",
+        help="Also write <out>.wide.csv: one row per case.",
+    ),
 ) -> None:
     """Extract IBSI features for each case × region × channel into one tidy CSV."""
     from medai.data import import_dataset
     from medai.radiomics import Aggregation, RadiomicsSettings
-    from medai.radiomics.batch import STATUS_EMPTY, STATUS_OK, extract_dataset, write_features_csv
+    from medai.radiomics.batch import (
+        STATUS_EMPTY,
+        STATUS_OK,
+        extract_dataset,
+        wide_table,
+        write_features_csv,
+    )
 
     start = time.perf_counter()
     with user_errors():
@@ -67,6 +78,8 @@ def extract(
                 progress=_advance,
             )
         csv_path, sidecar = write_features_csv(df, out)
+        if wide:
+            wide_path, _ = write_features_csv(wide_table(df), out.with_suffix(".wide.csv"))
     seconds = time.perf_counter() - start
     counts = Counter(df["status"]) if len(df) else Counter()
     ok, empty = counts.pop(STATUS_OK, 0), counts.pop(STATUS_EMPTY, 0)
@@ -77,5 +90,7 @@ def extract(
         f"{failed} failed) × {n_features} features in {seconds:.1f} s; "
         f"wrote [bold]{csv_path}[/] and {sidecar.name}"
     )
+    if wide:
+        console.print(f"one row per case: [bold]{wide_path}[/]")
     for reason, n in counts.most_common(3):
         console.print(f"[yellow]{n} ROI(s):[/] {reason}")

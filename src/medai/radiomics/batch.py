@@ -396,9 +396,10 @@ def wide_table(df: pd.DataFrame) -> pd.DataFrame:
         df: A table from :func:`extract_dataset`.
 
     Returns:
-        Indexed by ``case_id``; ``patient_id``, ``split`` and ``mask_source`` first, the
-        feature columns (region, then channel, then catalogue order), then the clinical
-        columns. A ROI that failed or was empty gives NaN.
+        ``case_id``, ``patient_id``, ``split``, ``mask_source``, the feature columns
+        (region, then channel, then catalogue order), then the clinical columns. A ROI
+        that failed or was empty gives NaN. ``attrs["features"]`` maps each feature
+        column to its IBSI metadata plus ``feature``, ``region`` and ``channel``.
 
     Raises:
         ValueError: If ``df`` lacks the identifier columns or repeats a ROI.
@@ -411,28 +412,44 @@ def wide_table(df: pd.DataFrame) -> pd.DataFrame:
     catalogue = feature_catalogue()
     features = [c for c in df.columns if c in catalogue]
     extra = [c for c in df.columns if c not in catalogue and c not in ID_COLUMNS]
-    per_case = df.groupby("case_id", sort=False)[["patient_id", "split", "mask_source", *extra]]
-    left = per_case.first()
-    regions = list(dict.fromkeys(df["region"]))
-    channels = list(dict.fromkeys(df["channel"]))
+    left = df.groupby("case_id", sort=False)[["patient_id", "split", "mask_source", *extra]].first()
     pivot = df.pivot(index="case_id", columns=["region", "channel"], values=features)
-    blocks = {}
-    for region in regions:
-        for channel in channels:
+    blocks: dict[str, Any] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for region in dict.fromkeys(df["region"]):
+        for channel in dict.fromkeys(df["channel"]):
             for feature in features:
                 key = (feature, region, channel)
-                column = pivot[key] if key in pivot.columns else math.nan
-                blocks[f"{region}_{channel}_{feature}"] = column
+                name = f"{region}_{channel}_{feature}"
+                blocks[name] = pivot[key] if key in pivot.columns else math.nan
+                meta[name] = {**_ibsi_meta(feature), "region": region, "channel": channel}
     wide = pd.DataFrame(blocks, index=pivot.index).reindex(left.index)
     base = left[["patient_id", "split", "mask_source"]]
-    return pd.concat([base, wide, left[extra]], axis=1)
+    out = pd.concat([base, wide, left[extra]], axis=1).reset_index()
+    out.attrs.update(df.attrs)
+    out.attrs["features"] = meta
+    return out
+
+
+def _ibsi_meta(name: str) -> dict[str, Any]:
+    info = feature_catalogue()[name]
+    return {
+        "feature": name,
+        "ibsi_code": info.ibsi_code,
+        "ibsi_name": info.ibsi_name,
+        "family": info.family.value,
+        "family_code": info.family_code,
+        "aggregation": info.aggregation,
+        "aggregation_code": info.aggregation_code,
+    }
 
 
 def write_features_csv(df: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
     """Write ``df`` as CSV and its IBSI metadata as a JSON sidecar, both atomically.
 
-    The sidecar ``<stem>.ibsi.json`` maps each feature column to its IBSI code, family
-    and aggregation, and records the extraction settings when ``df.attrs`` holds them.
+    The sidecar ``<stem>.ibsi.json`` maps each feature column (tidy or wide) to its
+    IBSI code, family and aggregation, and records the extraction settings when
+    ``df.attrs`` holds them.
 
     Returns:
         ``(csv_path, sidecar_path)``.
@@ -446,17 +463,11 @@ def write_features_csv(df: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     catalogue = feature_catalogue()
+    known = df.attrs.get("features", {})
     features = {
-        name: {
-            "ibsi_code": info.ibsi_code,
-            "ibsi_name": info.ibsi_name,
-            "family": info.family.value,
-            "family_code": info.family_code,
-            "aggregation": info.aggregation,
-            "aggregation_code": info.aggregation_code,
-        }
+        str(name): _ibsi_meta(name) if name in catalogue else dict(known[name])
         for name in df.columns
-        if (info := catalogue.get(name)) is not None
+        if name in catalogue or name in known
     }
     meta = {k: df.attrs[k] for k in ("dataset", "mask_source", "settings") if k in df.attrs}
     sidecar = path.with_name(f"{path.stem}.ibsi.json")
