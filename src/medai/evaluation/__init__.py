@@ -27,6 +27,7 @@ from medai.evaluation.calibration import (
     fit_temperature,
     reliability_diagram,
 )
+from medai.evaluation.checklist import RunFacts, answer_checklist
 from medai.evaluation.classification import (
     ClassificationAccumulator,
     compute_accuracy,
@@ -52,6 +53,7 @@ from medai.evaluation.plots import (
     plot_case_distribution,
     plot_confusion_matrix,
     plot_forest,
+    plot_overlay,
     plot_pr,
     plot_reliability,
     plot_roc,
@@ -78,6 +80,7 @@ from medai.evaluation.report import (
     subgroup_table,
     write_report,
 )
+from medai.evaluation.run_report import EvaluationResult, evaluate_run, resolve_run_dataset
 from medai.evaluation.sections import (
     classification_section,
     segmentation_section,
@@ -103,6 +106,7 @@ __all__ = [
     "ChecklistItem",
     "ClassificationAccumulator",
     "ConfidenceInterval",
+    "EvaluationResult",
     "PairedComparison",
     "RegressionAccumulator",
     "ReliabilityDiagram",
@@ -110,10 +114,12 @@ __all__ = [
     "ReportFigure",
     "ReportSection",
     "ReportTable",
+    "RunFacts",
     "SegmentationAccumulator",
     "SubgroupAnalysis",
     "age_bands",
     "analyse_subgroups",
+    "answer_checklist",
     "apply_temperature",
     "bootstrap_ci",
     "bootstrap_interval",
@@ -151,6 +157,7 @@ __all__ = [
     "delong_ci",
     "delong_components",
     "delong_test",
+    "evaluate_run",
     "figure_to_png",
     "find_broken_images",
     "find_chromium",
@@ -161,6 +168,7 @@ __all__ = [
     "plot_case_distribution",
     "plot_confusion_matrix",
     "plot_forest",
+    "plot_overlay",
     "plot_pr",
     "plot_reliability",
     "plot_roc",
@@ -168,6 +176,7 @@ __all__ = [
     "predicted_labels",
     "reliability_diagram",
     "render_report",
+    "resolve_run_dataset",
     "screenshot_report",
     "segmentation_section",
     "subgroup_sections",

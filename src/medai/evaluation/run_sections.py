@@ -36,14 +36,14 @@ from medai.preprocess.plan import Plan
 
 __all__ = ["RunContext", "build_report", "describe_preprocessing", "split_title"]
 
-_COLUMNS = {
-    "dice": "Dice",
-    "iou": "IoU",
-    "hd95": "HD95 (mm)",
-    "assd": "ASSD (mm)",
-    "nsd": "NSD",
-    "abs_volume_error_mm3": "|ΔV| (mm³)",
-    "rel_volume_error": "ΔV / V",
+_COLUMNS = {  # metric → (header, decimals)
+    "dice": ("Dice", 3),
+    "iou": ("IoU", 3),
+    "hd95": ("HD95 (mm)", 2),
+    "assd": ("ASSD (mm)", 2),
+    "nsd": ("NSD", 3),
+    "abs_volume_error_mm3": ("|ΔV| (mm³)", 0),
+    "rel_volume_error": ("ΔV / V", 3),
 }
 _SITE_COLUMNS = ("site", "vendor")
 
@@ -99,10 +99,10 @@ def describe_preprocessing(plan: Plan) -> str:
     )
 
 
-def _fmt(ci: ConfidenceInterval | None) -> str:
+def _fmt(ci: ConfidenceInterval | None, digits: int = 3) -> str:
     if ci is None:
         return "—"
-    return f"{ci.estimate:.3f} ({ci.low:.3f}–{ci.high:.3f})"
+    return f"{ci.estimate:.{digits}f} ({ci.low:.{digits}f}–{ci.high:.{digits}f})"
 
 
 def _summary(ctx: RunContext) -> ReportSection:
@@ -150,8 +150,12 @@ def _dataset_section(ctx: RunContext) -> ReportSection:
 
 
 def _kv(mapping: Mapping[str, Any], caption: str) -> ReportTable:
-    rows = [[str(k), json.dumps(v) if isinstance(v, dict | list) else str(v)]
-            for k, v in mapping.items()]  # fmt: skip
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+    rows = [[str(k), text(v)] for k, v in mapping.items()]
     return ReportTable(["Field", "Value"], rows, caption)
 
 
@@ -194,11 +198,11 @@ def _training_section(ctx: RunContext) -> ReportSection:
 
 def _metrics_table(ctx: RunContext, split: str) -> ReportTable:
     intervals = ctx.aggregates[split]
-    rows = [[region] + [_fmt(intervals.get(f"{region}/{m}")) for m in _COLUMNS]
+    rows = [[region] + [_fmt(intervals.get(f"{region}/{m}"), d) for m, (_, d) in _COLUMNS.items()]
             for region in ctx.plan.regions]  # fmt: skip
     rows.append(["mean of regions", _fmt(intervals.get("mean_dice"))] + ["—"] * (len(_COLUMNS) - 1))
     return ReportTable(
-        ["Region", *_COLUMNS.values()],
+        ["Region", *(header for header, _ in _COLUMNS.values())],
         rows,
         "Mean per-case metrics with 95 % intervals (patients resampled); NaN-valued cases left out",
     )
@@ -239,7 +243,8 @@ def _overlay(ctx: RunContext, row: pd.Series) -> ReportFigure:
     site = next((str(case.clinical[k]) for k in _SITE_COLUMNS if k in case.clinical), "")
     caption = (
         f"{case.case_id}{f' (site {site})' if site else ''}: mean Dice {row['mean_dice']:.2f} "
-        f"({scores}); {ctx.dataset.channels[0]} with reference (green) and prediction (red)"
+        f"({scores}); {ctx.dataset.channels[0]}, axial slice through the reference tumour, "
+        "outlines of all tumour labels: reference green, prediction red"
     )
     return ReportFigure.from_figure(figure, caption=caption)
 
