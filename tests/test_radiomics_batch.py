@@ -172,6 +172,36 @@ def test_predicted_masks_are_read_from_the_folder(dataset: Dataset, tmp_path: Pa
     assert _row(df, "c2", "ET", "FLAIR")["status"] == STATUS_OK
 
 
+def test_nan_image_and_off_grid_mask_fail_one_roi_each(dataset: Dataset, tmp_path: Path) -> None:
+    case = dataset.case("c0")
+    image = read_image(case.image)
+    array = image.array.copy()
+    array[1, 8, 8, 8] = np.nan  # inside every region of the t1gd channel
+    write_nifti(image.with_array(array), tmp_path / "nan.nii.gz")
+    off_grid = LabelMap(read_label(case.label).array[0, :12], AFFINE)
+    write_nifti(off_grid, tmp_path / "c2.nii.gz")
+    write_nifti(read_label(case.label), tmp_path / "c0.nii.gz")
+    cases = [case.model_copy(update={"image": tmp_path / "nan.nii.gz"}), dataset.case("c2")]
+    ds = dataset.model_copy(update={"cases": cases, "splits": Splits()})
+    df = extract_dataset(ds, masks="predicted", predictions_dir=tmp_path, regions=["TC"], workers=1)
+    assert _row(df, "c0", "TC", "FLAIR")["status"] == STATUS_OK
+    nan_row = _row(df, "c0", "TC", "t1gd")
+    assert nan_row["status"].startswith("failed: ValueError: image holds 1 NaN")
+    assert np.isnan(nan_row["stat_mean"])
+    assert df[df.case_id == "c2"].status.str.startswith("failed: GeometryError").all()
+    excluded = extract_dataset(
+        ds,
+        masks="predicted",
+        predictions_dir=tmp_path,
+        regions=["TC"],
+        channels=["t1gd"],
+        settings=RadiomicsSettings(nan_policy="exclude"),
+        workers=1,
+    )
+    assert _row(excluded, "c0", "TC", "t1gd")["status"] == STATUS_OK
+    assert np.isfinite(_row(excluded, "c0", "TC", "t1gd")["stat_mean"])
+
+
 def test_unreadable_case_is_reported_and_the_batch_goes_on(
     dataset: Dataset, tmp_path: Path
 ) -> None:
