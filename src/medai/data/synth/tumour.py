@@ -72,14 +72,14 @@ class TumourMasks:
 def draw_tumour(rng: np.random.Generator, *, grade: Grade) -> TumourParams:
     """Draw volumes (mL) and shape parameters for one tumour of ``grade``.
 
-    HGG: whole tumour log-normal, median 90 mL; oedema 45–70 % of it; the core splits
+    HGG: whole tumour log-normal, median 90 mL; oedema 50–75 % of it; the core splits
     into enhancing (35–60 %), necrosis (20–45 %) and the rest non-enhancing.
     LGG: median 60 mL, oedema 30–65 %, core non-enhancing; 1 in 5 has a tiny
     enhancing focus (0.05–0.6 mL), the rest none.
     """
     if grade is Grade.HGG:
         wt = float(np.clip(rng.lognormal(np.log(90.0), 0.5), 15.0, 260.0))
-        tc = wt * (1.0 - rng.uniform(0.45, 0.70))
+        tc = wt * (1.0 - rng.uniform(0.50, 0.75))
         et_share, ncr_share = rng.uniform(0.35, 0.60), rng.uniform(0.20, 0.45)
         et, ncr = tc * et_share, tc * min(ncr_share, 0.95 - et_share)
         mass = float(rng.uniform(0.15, 0.45))
