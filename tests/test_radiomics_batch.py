@@ -151,9 +151,11 @@ def test_predicted_masks_are_read_from_the_folder(dataset: Dataset, tmp_path: Pa
     label = read_label(dataset.case("c0").label)
     core = np.where(np.isin(label.array, [2, 3]), 2, 0).astype(np.uint8)
     write_nifti(label.with_array(core), tmp_path / "c0.nii.gz")
-    (tmp_path / "c2").mkdir()
-    write_nifti(read_label(dataset.case("c2").label), tmp_path / "c2" / "labels.nii.gz")
+    (tmp_path / "test").mkdir()  # medai evaluate writes <split>/<case_id>.nii.gz
+    write_nifti(read_label(dataset.case("c2").label), tmp_path / "test" / "c2.nii.gz")
     assert find_prediction(tmp_path, "c1") is None
+    assert find_prediction(tmp_path, "c2") is None
+    assert find_prediction(tmp_path, "c2", split="test") == tmp_path / "test" / "c2.nii.gz"
     df = extract_dataset(
         dataset, masks="predicted", predictions_dir=tmp_path, regions=["WT", "ET"], workers=1
     )
@@ -319,3 +321,14 @@ def test_cli_all_aggregations_adds_2d_and_25d_features(dataset: Dataset, tmp_pat
     n_all = len(feature_catalogue(tuple(Aggregation)))
     assert table.shape == (1, len(ID_COLUMNS) + n_all + 2)
     assert "glcm_joint_max_2d_avg" in table.columns
+
+
+def test_find_prediction_knows_predict_and_evaluate_layouts(tmp_path: Path) -> None:
+    label = LabelMap(np.ones((2, 2, 2), np.uint8), AFFINE)
+    assert find_prediction(tmp_path, "a") is None
+    write_nifti(label, tmp_path / "a" / "labels.nii.gz")
+    assert find_prediction(tmp_path, "a") == tmp_path / "a" / "labels.nii.gz"
+    write_nifti(label, tmp_path / "test" / "a.nii.gz")
+    assert find_prediction(tmp_path, "a", split="test") == tmp_path / "test" / "a.nii.gz"
+    write_nifti(label, tmp_path / "a.nii.gz")
+    assert find_prediction(tmp_path, "a", split="test") == tmp_path / "a.nii.gz"

@@ -86,21 +86,20 @@ class _CaseJob:
     settings: RadiomicsSettings
 
 
-def find_prediction(predictions_dir: str | Path, case_id: str) -> Path | None:
+def find_prediction(
+    predictions_dir: str | Path, case_id: str, *, split: str | None = None
+) -> Path | None:
     """The predicted label map of ``case_id`` in ``predictions_dir``, or ``None``.
 
-    Looks for ``<case_id>.nii.gz``, ``<case_id>.nii`` and ``<case_id>/labels.nii.gz``
-    (the names ``medai predict`` writes for a file or a folder output).
+    Looks for ``<case_id>.nii.gz`` (``medai predict``), ``<split>/<case_id>.nii.gz``
+    (``medai evaluate``), ``<case_id>.nii`` and ``<case_id>/labels.nii.gz``.
     """
     root = Path(predictions_dir)
-    for candidate in (
-        root / f"{case_id}.nii.gz",
-        root / f"{case_id}.nii",
-        root / case_id / "labels.nii.gz",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidates = [root / f"{case_id}.nii.gz"]
+    if split:
+        candidates.append(root / split / f"{case_id}.nii.gz")
+    candidates += [root / f"{case_id}.nii", root / case_id / "labels.nii.gz"]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def extract_dataset(
@@ -121,7 +120,8 @@ def extract_dataset(
         dataset: The dataset manifest.
         masks: ``"reference"`` (the dataset's label files) or ``"predicted"`` (label
             maps in ``predictions_dir`` named ``<case_id>.nii.gz``).
-        predictions_dir: Folder of predicted label maps (``masks="predicted"`` only).
+        predictions_dir: Folder of predicted label maps (``masks="predicted"`` only);
+            see :func:`find_prediction` for the names looked for.
         split: Only the cases of this split (``train``, ``validation``, ``test``,
             ``external``); default every case.
         regions: Region names of ``dataset.regions`` (e.g. ``("WT", "TC", "ET")``);
@@ -152,7 +152,7 @@ def extract_dataset(
             dataset=_single_case(dataset, case),
             case=case,
             split=name,
-            mask_path=_mask_path(case, source, predictions_dir),
+            mask_path=_mask_path(case, name, source, predictions_dir),
             mask_source=source,
             regions=region_map,
             channels=channel_map,
@@ -241,10 +241,16 @@ def _single_case(dataset: Dataset, case: Case) -> Dataset:
     return dataset.model_copy(update={"cases": [case], "splits": Splits()})
 
 
-def _mask_path(case: Case, source: MaskSource, predictions_dir: str | Path | None) -> Path | None:
+def _mask_path(
+    case: Case, split: str, source: MaskSource, predictions_dir: str | Path | None
+) -> Path | None:
     if source is MaskSource.REFERENCE:
         return case.label
-    return find_prediction(predictions_dir or ".", case.case_id)
+    for name in split.split(",") if split else [None]:
+        found = find_prediction(predictions_dir or ".", case.case_id, split=name)
+        if found is not None:
+            return found
+    return None
 
 
 # -- per case (runs in a worker) ---------------------------------------------------------
@@ -372,8 +378,7 @@ def _assemble(
     attrs = dict(table.attrs)
     table = table[ordered]
     table.attrs.update(attrs)
-    for f in features:
-        table[f] = table[f].astype(np.float64)
+    table[features] = table[features].astype(np.float64)
     return table
 
 
