@@ -12,10 +12,15 @@ from typer.testing import CliRunner
 from _seg_cohort import phantom
 from medai.data import Case, Dataset, Splits
 from medai.errors import DatasetError
-from medai.evaluation import Answer, ReportSection, compute_dice
+from medai.evaluation import Answer, ReportSection, compute_dice, figure_to_png, plot_overlay
 from medai.evaluation.browser import find_broken_images
 from medai.evaluation.checklist import RunFacts, answer_checklist
-from medai.evaluation.run_report import EvaluationResult, evaluate_run
+from medai.evaluation.run_report import (
+    BRATS_EMPTY_DISTANCE_MM,
+    EvaluationResult,
+    evaluate_run,
+    region_metrics,
+)
 from medai.fsutil import file_sha256
 from medai.image import LabelMap
 from medai.io import read_nifti, write_nifti
@@ -251,3 +256,36 @@ def test_cli_evaluate(trained: tuple[Path, Path], tmp_path: Path) -> None:
     assert (out / "metrics.json").is_file()
     bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing")])
     assert bad.exit_code == 2
+
+
+def test_region_metrics_brats_empty_convention() -> None:
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    ref = np.zeros((1, 8, 8, 8), np.uint8)
+    ref[0, 2:5, 2:5, 2:5] = 1  # WT only: no TC / ET in the reference
+    pred = ref.copy()
+    pred[0, 3, 3, 3] = 3  # one voxel of ET predicted where the reference has none
+    row = region_metrics(LabelMap(pred, affine), LabelMap(ref, affine), REGIONS)
+    assert row["WT/dice"] == 1.0
+    assert row["WT/hd95"] == 0.0
+    assert row["TC/dice"] == 0.0  # one empty: Dice 0, distances = 373.13 mm
+    assert row["TC/hd95"] == row["ET/assd"] == BRATS_EMPTY_DISTANCE_MM
+    assert row["TC/abs_volume_error_mm3"] == 2.0  # one voxel of 1 × 1 × 2 mm
+    assert np.isnan(row["ET/rel_volume_error"])
+    empty = LabelMap(np.zeros_like(ref), affine)
+    both_empty = region_metrics(empty, empty, {"ET": [3]})
+    assert both_empty == pytest.approx(
+        {"ET/dice": 1.0, "ET/iou": 1.0, "ET/hd95": 0.0, "ET/assd": 0.0, "ET/nsd": 1.0,
+         "ET/volume_pred_mm3": 0.0, "ET/volume_ref_mm3": 0.0, "ET/abs_volume_error_mm3": 0.0,
+         "ET/rel_volume_error": 0.0, "mean_dice": 1.0}
+    )  # fmt: skip
+    assert row["mean_dice"] == pytest.approx(1 / 3)
+
+
+def test_plot_overlay_checks_shapes_and_handles_empty_masks() -> None:
+    image = np.arange(36, dtype=float).reshape(6, 6)
+    mask = np.zeros((6, 6), bool)
+    mask[2:4, 2:4] = True
+    figure = plot_overlay(image, mask, np.zeros((6, 6)), aspect=2.0, title="case")
+    assert figure_to_png(figure).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="one shape"):
+        plot_overlay(image, mask[:5], mask)

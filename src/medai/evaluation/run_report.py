@@ -43,6 +43,7 @@ __all__ = [
     "SEGMENTATION_METRICS",
     "EvaluationResult",
     "evaluate_run",
+    "region_metrics",
     "resolve_run_dataset",
 ]
 
@@ -124,14 +125,21 @@ def _split_cases(dataset: Dataset, split: str) -> list[Case]:
     return cases
 
 
-def _region_metrics(
+def region_metrics(
     pred: LabelMap,
     ref: LabelMap,
     regions: Mapping[str, Sequence[int]],
     *,
-    tolerance_mm: float,
-    empty_distance: float,
+    tolerance_mm: float = 1.0,
+    empty_distance: float = BRATS_EMPTY_DISTANCE_MM,
 ) -> dict[str, float]:
+    """Every segmentation metric per region (a region is a union of label values).
+
+    Returns:
+        ``region/metric`` → value (see
+        :func:`~medai.evaluation.compute_segmentation_metrics`) plus ``mean_dice``, the
+        mean of the regions' Dice.
+    """
     row: dict[str, float] = {}
     for region, members in regions.items():
         ids = np.asarray(list(members))
@@ -170,7 +178,7 @@ def _score_case(
     row: dict[str, Any] = {"case_id": case.case_id, "patient_id": case.patient_id, "split": split}
     row.update({str(k): v for k, v in case.clinical.items()})
     row.update(
-        _region_metrics(
+        region_metrics(
             pred,
             ref,
             scoring.regions,
