@@ -144,6 +144,10 @@ def test_split_regions_and_channels_select_rows(dataset: Dataset) -> None:
     df = extract_dataset(dataset, split="test", regions=["ET"], channels=["T1GD"], workers=1)
     assert list(zip(df.case_id, df.region, df.channel, strict=True)) == [("c2", "ET", "t1gd")]
     assert df.split.tolist() == ["test"]
+    none = extract_dataset(dataset, split="validation", workers=2)
+    assert none.empty
+    assert list(none.columns[: len(ID_COLUMNS)]) == list(ID_COLUMNS)
+    assert len(none.attrs["features"]) == N_FEATURES
 
 
 def test_predicted_masks_are_read_from_the_folder(dataset: Dataset, tmp_path: Path) -> None:
@@ -304,6 +308,9 @@ def test_cli_extract_writes_csv_and_sidecar(dataset: Dataset, tmp_path: Path) ->
     assert wide.case_id.tolist() == ["c0", "c1"]
     assert np.isnan(wide.loc[1, "ET_t1gd_stat_mean"])
     assert (out.parent / "features.wide.ibsi.json").is_file()
+    no_dir = CliRunner().invoke(app, [*args, "--masks", "predicted"])
+    assert no_dir.exit_code == 2
+    assert "needs --predictions DIR" in " ".join(no_dir.output.split())
     bad = CliRunner().invoke(app, [*args, "--regions", "XX"])
     assert bad.exit_code == 2
     assert "unknown" in bad.output

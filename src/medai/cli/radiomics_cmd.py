@@ -56,6 +56,8 @@ def extract(
     with user_errors():
         if out.suffix.lower() != ".csv":
             raise ValueError(f"--out must end in .csv; got {out.name!r}")
+        if masks == "predicted" and predictions is None:
+            raise ValueError("--masks predicted needs --predictions DIR (the predicted label maps)")
         ds = import_dataset(dataset)
         settings = RadiomicsSettings()
         if all_aggregations:

@@ -371,8 +371,9 @@ def _assemble(
         record.update({c: clinical.get(c) for c in clinical_cols})
         records.append(record)
     if not records:
-        columns = [*ID_COLUMNS, *features]
-        return features_table([]).reindex(columns=columns)
+        empty = pd.DataFrame(columns=[*ID_COLUMNS, *features])
+        empty.attrs["features"] = {name: _ibsi_meta(name) for name in features}
+        return empty
     table = features_table(records)
     ordered = [*ID_COLUMNS, *features, *clinical_cols]
     attrs = dict(table.attrs)
