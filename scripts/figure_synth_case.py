@@ -40,13 +40,14 @@ def _brain_box(image: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", nargs="?", default="docs/img/synth_case.png", type=Path)
-    parser.add_argument("--index", type=int, default=5)
+    parser.add_argument("--index", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0)
     args = parser.parse_args()
     case = generate_case(args.index, seed=args.seed, spacing=args.spacing, grade="HGG")
     label = case.label.array[0]
-    k = int(np.argmax((label == 3).sum(axis=(0, 1)) + (label > 0).sum(axis=(0, 1)) / 10))
+    # The slice through the most necrosis and enhancement shows the classic ring.
+    k = int(np.argmax(case.necrosis.sum(axis=(0, 1)) + 0.5 * (label == 3).sum(axis=(0, 1))))
     channels = case.image.meta["channels"]
     box = _brain_box(case.image.array)
     fig, axes = plt.subplots(1, 5, figsize=(17, 5.0), facecolor="black")

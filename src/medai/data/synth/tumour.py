@@ -208,7 +208,9 @@ def grow_tumour(
     dist = np.sqrt(((rel / aniso) ** 2).sum(axis=0))  # mm, ellipsoidal
     wm_b, brain_b, csf_b = wm[box], brain[box], csf[box]
 
-    core_cost = dist * np.exp(0.5 * noise[0] + 0.25 * fine)
+    # Costs are distances in units of the target radius plus bounded noise: lobulated
+    # outlines that stay centred on ``centre`` (multiplicative noise could move them).
+    core_cost = dist / _radius_mm(params.tc_ml) + 0.35 * noise[0] + 0.15 * fine
     tissue = (brain_b > 0.5) & (csf_b < 0.6 * brain_b + 0.2)
     n = [round(v / voxel_ml) for v in (params.tc_ml, params.ncr_ml, params.et_ml)]
     core = _lowest(core_cost, tissue, n[0])
@@ -227,7 +229,8 @@ def grow_tumour(
 
     n_ed = round((params.wt_ml - params.tc_ml) / voxel_ml)
     # Oedema tracks white matter: cost is much lower in WM than in cortex, none in CSF.
-    ed_cost = dist * np.exp(0.4 * noise[3]) * (1.7 - wm_b / np.maximum(brain_b, 1e-3))
+    wm_share = wm_b / np.maximum(brain_b, 1e-3)
+    ed_cost = dist / r_wt * (1.6 - 0.8 * wm_share) + 0.3 * noise[3]
     ed_allowed = (brain_b > 0.5) & (csf_b < 0.35) & ~core & (dist < 2.7 * r_wt)
     oedema = _connected_to(_lowest(ed_cost, ed_allowed, int(1.1 * n_ed)), core)
 
