@@ -66,6 +66,9 @@ class NetworkPlan(_Strict):
     depth: int = Field(default=5, ge=2, le=7, description="resolution levels")
     residual_units: int = Field(default=2, ge=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    output_prior: float = Field(
+        default=0.02, gt=0, lt=1, description="initial sigmoid output (output bias = logit)"
+    )
 
     @property
     def downsampling(self) -> int:
@@ -81,7 +84,7 @@ class TrainPlan(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=600.0, gt=0)
     steps_per_epoch: int = Field(default=25, ge=1)
-    lr: float = Field(default=2e-3, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     grad_clip: float = Field(default=12.0, gt=0)

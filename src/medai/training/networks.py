@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from medai.preprocess.plan import NetworkPlan
 
-__all__ = ["build_network", "patch_multiple"]
+__all__ = ["build_network", "output_conv", "patch_multiple"]
 
 
 def patch_multiple(plan: NetworkPlan) -> int:
@@ -14,14 +17,38 @@ def patch_multiple(plan: NetworkPlan) -> int:
     return plan.downsampling
 
 
+def output_conv(net: nn.Module) -> nn.Module:
+    """The layer producing the logits (DynUNet's output block, else the last conv)."""
+    block = getattr(net, "output_block", None)
+    if block is not None:
+        return block.conv.conv
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
+    if not convs:
+        raise ValueError(f"{type(net).__name__} has no 3D convolution")
+    return convs[-1]
+
+
 def build_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) -> nn.Module:
     """A 3D MONAI network: ``unet``, ``basicunet``, ``dynunet`` or ``segresnet``.
+
+    The output bias starts at ``logit(plan.output_prior)`` (the focal-loss "prior"
+    initialisation): small tumours are rare voxels, and starting every sigmoid at 0.5
+    wastes the first hundreds of steps of a short CPU budget on learning the background.
 
     Args:
         plan: Architecture, base width, depth, residual units, dropout.
         in_channels: Image channels.
         out_channels: Output logits (one per region).
     """
+    net = _monai_network(plan, in_channels=in_channels, out_channels=out_channels)
+    head = output_conv(net)
+    bias = getattr(head, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        nn.init.constant_(bias, math.log(plan.output_prior / (1.0 - plan.output_prior)))
+    return net
+
+
+def _monai_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks import nets
 
     if in_channels < 1 or out_channels < 1:

@@ -54,7 +54,10 @@ def lr_at(progress: float, *, base: float, warmup: float) -> float:
 
 
 def build_loss(kind: str) -> nn.Module:
-    """Dice + BCE (or Dice + focal) on sigmoid region channels.
+    """Batch Dice + BCE (or Dice + focal) on sigmoid region channels.
+
+    Batch Dice pools voxels over the batch, so a patch without a region does not
+    score 1 − 0 for any false-positive voxel (nnU-Net's choice for 3D).
 
     MONAI's ``DiceCELoss`` applies a *softmax* cross-entropy to multi-channel input
     even with ``sigmoid=True``, which is wrong for overlapping regions, so the BCE
@@ -63,10 +66,10 @@ def build_loss(kind: str) -> nn.Module:
     from monai.losses import DiceFocalLoss, DiceLoss
 
     if kind == "dice_focal":
-        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
     if kind != "dice_ce":
         raise ValueError(f"loss must be 'dice_ce' or 'dice_focal'; got {kind!r}")
-    dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
     bce = nn.BCEWithLogitsLoss()
 
     class _DiceBCE(nn.Module):
@@ -172,6 +175,7 @@ class _Trainer:
             "step_time_s": 0.0,
         }
         self.last_val_s = 0.0
+        self.last_step_s = 0.0
 
     def _preprocess(self, cohort: SegCohort, ids: list[str], cache: Path) -> dict[str, Path]:
         cases = cohort.subset(ids)
@@ -248,7 +252,8 @@ class _Trainer:
     def out_of_time(self) -> bool:
         if not self.tp.time_budget_s:
             return False
-        return self.elapsed() + 1.1 * self.last_val_s >= self.tp.time_budget_s
+        reserve = 1.1 * self.last_val_s + self.last_step_s
+        return self.elapsed() + reserve >= self.tp.time_budget_s
 
     # -- one step / one epoch ----------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -287,7 +292,8 @@ class _Trainer:
         for batch in loader:
             t = time.perf_counter()
             loss, lr = self.step(batch)
-            st["step_time_s"] += time.perf_counter() - t
+            self.last_step_s = time.perf_counter() - t
+            st["step_time_s"] += self.last_step_s
             st["samples"] += int(batch["image"].shape[0]) * self.dist.world_size
             st["global_step"] += 1
             st["step_in_epoch"] += 1
