@@ -114,6 +114,9 @@ def test_metrics_json_matches_independent_dice(
     assert doc["splits"]["test"]["n_cases"] == 12
     assert doc["splits"]["external"]["n_cases"] == 3
     assert len(doc["cases"]) == 15
+    assert [c["answer"] for c in doc["checklist"]] == [
+        Answer(c.answer).value for c in result.checklist
+    ]
     for row in doc["cases"]:
         case = dataset.case(row["case_id"])
         pred = read_nifti(result.out_dir / "predictions" / row["split"] / f"{case.case_id}.nii.gz",

@@ -31,7 +31,7 @@ from medai.data import Dataset, import_dataset
 from medai.data.manifest import Case
 from medai.errors import DatasetError
 from medai.evaluation.bootstrap import ConfidenceInterval, bootstrap_mean_ci
-from medai.evaluation.report import ChecklistItem, ReportSection
+from medai.evaluation.report import Answer, ChecklistItem, ReportSection
 from medai.evaluation.segmentation import compute_segmentation_metrics
 from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
 from medai.fsutil import atomic_write_text
@@ -403,9 +403,11 @@ def evaluate_run(
         "empty_distance_mm": empty_distance, "n_resamples": n_resamples, "seed": seed,
         "interval": "bca, patients resampled", "min_subgroup_cases": min_subgroup_cases,
     }  # fmt: skip
-    metrics_path = _write_json(
-        out / "metrics.json", _metrics_document(run, frame, aggregates, subgroups, settings)
-    )
+    document = _metrics_document(run, frame, aggregates, subgroups, settings)
+    document["checklist"] = [
+        {"question": c.question, "answer": Answer(c.answer).value, "how": c.how} for c in checklist
+    ]
+    metrics_path = _write_json(out / "metrics.json", document)
     log.info("evaluation of %s written to %s", run, out)
     return EvaluationResult(
         out, report_path, metrics_path, frame, aggregates, subgroups, checklist, list(splits)
