@@ -24,7 +24,7 @@ from medai.radiomics import (
     wide_table,
     write_features_csv,
 )
-from medai.radiomics.batch import ID_COLUMNS, STATUS_EMPTY, STATUS_OK
+from medai.radiomics.batch import ID_COLUMNS, STATUS_EMPTY, STATUS_OK, ZERO_WHEN_EMPTY
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 REGIONS = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
@@ -120,14 +120,15 @@ def test_values_equal_extract_features_on_the_same_roi(
     assert flair["stat_mean"] != row["stat_mean"]
 
 
-def test_empty_region_gives_nan_row_with_status(reference: pd.DataFrame) -> None:
+def test_empty_region_gives_zero_volume_nan_features_and_status(reference: pd.DataFrame) -> None:
     empty = reference[reference.status == STATUS_EMPTY]
     assert sorted(zip(empty.case_id, empty.region, empty.channel, strict=True)) == [
         ("c1", "ET", "FLAIR"),
         ("c1", "ET", "t1gd"),
     ]
-    features = list(reference.attrs["features"])
+    features = [f for f in reference.attrs["features"] if f not in ZERO_WHEN_EMPTY]
     assert empty[features].isna().all().all()
+    assert (empty[list(ZERO_WHEN_EMPTY)] == 0.0).all().all()  # no enhancing tumour: 0 ml
     assert (reference[reference.status == STATUS_OK][["morph_volume"]] > 0).all().all()
 
 

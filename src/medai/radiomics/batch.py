@@ -3,8 +3,9 @@
 :func:`extract_dataset` reads each case's image and mask (the dataset's reference
 labels or a folder of predicted label maps), builds one binary mask per region (a union
 of labels, e.g. WT = {1, 2, 3}) and extracts IBSI features for every chosen channel.
-A region that is empty, or a case that cannot be read, gives rows of NaN features with
-the reason in ``status``; the batch never stops on one bad case.
+An empty region gives a row with volume 0 and the other features NaN; a case that
+cannot be read gives rows of NaN features; ``status`` says why, and the batch never
+stops on one bad case.
 
 Example:
     >>> ds = Dataset.load("cohort/dataset.yaml")  # doctest: +SKIP
@@ -34,12 +35,13 @@ from medai.image import LabelMap, ScalarImage
 from medai.io import read_label
 from medai.radiomics.catalogue import feature_catalogue
 from medai.radiomics.extract import extract_features, features_table
-from medai.radiomics.settings import RadiomicsSettings
+from medai.radiomics.settings import Family, RadiomicsSettings
 
 __all__ = [
     "ID_COLUMNS",
     "STATUS_EMPTY",
     "STATUS_OK",
+    "ZERO_WHEN_EMPTY",
     "MaskSource",
     "extract_dataset",
     "find_prediction",
@@ -61,6 +63,13 @@ ID_COLUMNS: tuple[str, ...] = (
 )
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty mask"
+#: Size features that are 0 for an empty region (every other feature is undefined: NaN).
+ZERO_WHEN_EMPTY: tuple[str, ...] = (
+    "morph_volume",
+    "morph_vol_approx",
+    "morph_area_mesh",
+    "morph_integ_int",
+)
 
 Progress = Callable[[int, int], None]
 
@@ -134,7 +143,8 @@ def extract_dataset(
     Returns:
         One row per ROI: :data:`ID_COLUMNS`, the feature columns (IBSI metadata in
         ``df.attrs["features"]``), then the case's clinical columns. Rows of an empty
-        region have ``status == "empty mask"`` and NaN features; a case that fails
+        region have ``status == "empty mask"``, size features (:data:`ZERO_WHEN_EMPTY`)
+        0 and the others NaN (an absent enhancing tumour has volume 0); a case that fails
         gets ``status`` ``"failed: <reason>"`` on each of its rows.
 
     Raises:
@@ -306,7 +316,9 @@ def _roi_values(
     image: ScalarImage, mask: LabelMap, empty: bool, settings: RadiomicsSettings
 ) -> dict[str, Any]:
     if empty:
-        return {"status": STATUS_EMPTY}
+        if Family.MORPHOLOGY not in settings.families:
+            return {"status": STATUS_EMPTY}
+        return {"status": STATUS_EMPTY, **dict.fromkeys(ZERO_WHEN_EMPTY, 0.0)}
     try:
         values: dict[str, Any] = dict(extract_features(image, mask, settings=settings))
     except Exception as exc:
