@@ -141,8 +141,9 @@ def extract_dataset(
         progress: Called as ``progress(done, total)`` after each case.
 
     Returns:
-        One row per ROI: :data:`ID_COLUMNS`, the feature columns (IBSI metadata in
-        ``df.attrs["features"]``), then the case's clinical columns. Rows of an empty
+        One row per ROI: :data:`ID_COLUMNS` (``split`` is ``""`` for a case in no
+        split), the feature columns (IBSI metadata in ``df.attrs["features"]``), then
+        the case's clinical columns. Rows of an empty
         region have ``status == "empty mask"``, size features (:data:`ZERO_WHEN_EMPTY`)
         0 and the others NaN (an absent enhancing tumour has volume 0); a case that fails
         gets ``status`` ``"failed: <reason>"`` on each of its rows.
