@@ -138,6 +138,9 @@ def test_msd_layout_dataset_json_and_shapes(tmp_path) -> None:
         "event",
     ]
     assert set(table["grade"]) <= {"HGG", "LGG"}
+    # The case ids of both layouts join the clinical rows onto the imported cases.
+    assert table["msd_case_id"].iloc[0] == "BRATS_001"
+    assert table["brats_case_id"].iloc[0] == "BraTS2021_00001"
     assert set(table["event"]) <= {0, 1}
     model = json.loads(info.survival_model_json.read_text())
     assert model["beta"] == SurvivalModel().beta

@@ -185,7 +185,8 @@ def generate_cohort(
             writers.write_brats_case(case, root)
         if dicom:
             writers.write_dicom_case(case, root, seed=seed)
-        rows.append(case.clinical)
+        ids = {"msd_case_id": writers.msd_name(i), "brats_case_id": writers.brats_name(i)}
+        rows.append({**case.clinical, **ids})
         log.debug("case %s written", case.clinical["patient_id"])
         if progress is not None:
             progress(i + 1, cases)

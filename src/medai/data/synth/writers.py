@@ -54,6 +54,8 @@ CLINICAL_COLUMNS = (
     "et_ml",
     "ncr_ml",
     "atrophy",
+    "msd_case_id",
+    "brats_case_id",
 )
 
 
