@@ -31,7 +31,10 @@ def test_msd_layout_imports_and_checks_clean(cohort: Path) -> None:
     assert len(ds.cases) == N_CASES
     report = check_dataset(ds)
     assert report.ok, report.anomalies
-    assert report.notes == []
+    # The clinical table joins (site, grade, survival) and its sites are too small here
+    # for a per-site intensity judgement, which the report says instead of guessing.
+    assert {"site", "grade", "survival_days"} <= set(ds.cases[0].clinical)
+    assert all("not judged" in note for note in report.notes)
 
 
 def test_brats_layout_imports_and_checks_clean(cohort: Path) -> None:
