@@ -374,8 +374,8 @@ def evaluate_run(
 
     _check_options(split, n_resamples, tolerance_mm, n_worst)
     run = Path(run_dir)
-    loaded = load_run(run, device=device)
     data, data_path = resolve_run_dataset(run, dataset)
+    loaded = load_run(run, device=device)
     splits = {split: _split_cases(data, split)}
     if split != "external" and data.splits.external:
         splits["external"] = data.split_cases("external")

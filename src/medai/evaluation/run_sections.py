@@ -340,7 +340,7 @@ def build_report(
         sections += [s for s in by_split if s.title == f"Subgroups — {split}"]
     sections += list(extra_sections)
     report = ReportData(
-        title=f"Evaluation of {ctx.run_dir.name}",
+        title=f"Evaluation of run {ctx.run_dir.resolve().name!r}",
         subtitle=f"segmentation · dataset {ctx.dataset.name} · split {ctx.split}",
         sections=sections,
         metadata={"Run": str(ctx.run_dir), "Dataset": str(ctx.dataset_path or ctx.dataset.name)},
