@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ class SyntheticCase:
     """A generated case: 4-channel image (FLAIR, T1w, T1gd, T2w), MSD labels, clinic.
 
     ``clinical`` holds patient_id, age, sex, site, grade and the tumour volumes in mL
-    (survival is drawn for the whole cohort by :func:`generate_cohort`).
+    (survival is drawn for the whole cohort by :func:`generate_cohort`); ``drawn``
+    the random parameters (pose, deformation, atrophy, tumour volumes and centre).
     """
 
     index: int
@@ -41,6 +42,7 @@ class SyntheticCase:
     label: LabelMap
     clinical: dict[str, Any]
     necrosis: np.ndarray = field(repr=False)  # boolean; MSD merges it into label 2
+    drawn: dict[str, Any] = field(default_factory=dict, repr=False)  # parameters, for replay
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,36 @@ def _check_args(index: int, spacing: float, sites: int, hgg_fraction: float) -> 
         raise ValueError(f"sites must be between 1 and 26; got {sites}")
     if not 0.0 <= hgg_fraction <= 1.0:
         raise ValueError(f"hgg_fraction must be between 0 and 1; got {hgg_fraction}")
+
+
+def _subject_with_tumour(
+    rng: np.random.Generator,
+    atlas: anatomy.Atlas,
+    warp: anatomy.Warp,
+    params: tumour.TumourParams,
+    spacing: float,
+) -> tuple[anatomy.SubjectAnatomy, tumour.TumourMasks, tuple[int, int, int]]:
+    """Warp the atlas, place the tumour in white matter, push tissue away, grow it."""
+    coords = anatomy.source_coordinates(atlas, warp)
+    plain = anatomy.make_subject(atlas, warp, coords=coords)
+    centre = tumour.pick_centre(
+        rng, plain.fractions[2], plain.brain, spacing=spacing, params=params
+    )
+    push = tumour.mass_effect_displacement(atlas.shape, centre, spacing=spacing, params=params)
+    subject = anatomy.make_subject(atlas, warp, coords=coords, extra_displacement=push)
+    csf, _, wm = subject.fractions
+    masks = tumour.grow_tumour(params, centre, wm=wm, brain=subject.brain, csf=csf, spacing=spacing)
+    return subject, masks, centre
+
+
+def _volumes_ml(labels: np.ndarray, necrosis: np.ndarray, spacing: float) -> dict[str, float]:
+    voxel_ml = spacing**3 / 1000.0
+    return {
+        "wt_ml": round(float((labels > 0).sum() * voxel_ml), 3),
+        "tc_ml": round(float((labels >= 2).sum() * voxel_ml), 3),
+        "et_ml": round(float((labels == 3).sum() * voxel_ml), 3),
+        "ncr_ml": round(float(necrosis.sum() * voxel_ml), 3),
+    }
 
 
 def generate_case(
@@ -103,36 +135,26 @@ def generate_case(
     warp = anatomy.draw_warp(rng, age=age)
     params = tumour.draw_tumour(rng, grade=grade_)
 
-    coords = anatomy.source_coordinates(atlas, warp)
-    plain = anatomy.make_subject(atlas, warp, coords=coords)
-    wm0, brain0 = plain.fractions[2], plain.brain
-    centre = tumour.pick_centre(rng, wm0, brain0, spacing=spacing, params=params)
-    push = tumour.mass_effect_displacement(atlas.shape, centre, spacing=spacing, params=params)
-    subject = anatomy.make_subject(atlas, warp, coords=coords, extra_displacement=push)
-    csf, _, wm = subject.fractions
-    masks = tumour.grow_tumour(params, centre, wm=wm, brain=subject.brain, csf=csf, spacing=spacing)
+    subject, masks, centre = _subject_with_tumour(rng, atlas, warp, params, spacing)
     stack = np.stack([masks.oedema, masks.non_enhancing, masks.necrosis, masks.enhancing])
     images = contrast.render(
         subject.fractions, stack.astype(np.float32), site=site, spacing=spacing, rng=rng
     )
     labels = masks.msd_labels()
-    voxel_ml = spacing**3 / 1000.0
     info: dict[str, Any] = {
         "patient_id": f"SYN{index + 1:04d}",
         "age": age,
         "sex": sex,
         "site": site.name,
         "grade": grade_.value,
-        "wt_ml": round(float((labels > 0).sum() * voxel_ml), 3),
-        "tc_ml": round(float((labels >= 2).sum() * voxel_ml), 3),
-        "et_ml": round(float((labels == 3).sum() * voxel_ml), 3),
-        "ncr_ml": round(float(masks.necrosis.sum() * voxel_ml), 3),
+        **_volumes_ml(labels, masks.necrosis, spacing),
         "atrophy": round(warp.atrophy, 4),
     }
+    drawn = {"warp": asdict(warp), "tumour": asdict(params), "centre_voxel": list(centre)}
     meta = {"channels": list(MSD_CHANNELS), "patient_id": info["patient_id"], "seed": seed}
     image = ScalarImage(images[list(_FROM_CONTRAST)], atlas.affine, meta=meta)
     label = LabelMap(labels[None], atlas.affine, meta={"patient_id": info["patient_id"]})
-    return SyntheticCase(index, image, label, info, masks.necrosis)
+    return SyntheticCase(index, image, label, info, masks.necrosis, drawn)
 
 
 def generate_cohort(

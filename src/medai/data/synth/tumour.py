@@ -183,6 +183,30 @@ def _box(
     return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
 
 
+def _grow_core(
+    params: TumourParams, dist: F32, noise: F32, fine: F32, tissue: Bool3, spacing: float
+) -> tuple[Bool3, Bool3, Bool3]:
+    """Necrosis, enhancing and non-enhancing masks of the tumour core (in the box)."""
+    voxel_ml = spacing**3 / 1000.0
+    n = [round(v / voxel_ml) for v in (params.tc_ml, params.ncr_ml, params.et_ml)]
+    # Costs are distances in units of the target radius plus bounded noise: lobulated
+    # outlines that stay centred on the centre (multiplicative noise could move them).
+    core_cost = dist / _radius_mm(params.tc_ml) + 0.35 * noise[0] + 0.15 * fine
+    core = _lowest(core_cost, tissue, n[0])
+    core = ndimage.binary_closing(core, iterations=1) & tissue
+    # Necrosis is the deepest part of the core; enhancement the outer rim around it,
+    # broken by noise so that non-enhancing tumour fills the gaps.
+    depth = ndimage.distance_transform_edt(core, sampling=spacing).astype(np.float32)
+    necrosis = _lowest(-depth * np.exp(0.35 * noise[1]), core, n[1])
+    shell = core & ~necrosis
+    if params.grade is Grade.HGG:
+        et_cost = depth + 2.5 * noise[2] + 1.5 * fine
+    else:
+        et_cost = noise[2] + 0.3 * fine
+    enhancing = _lowest(et_cost, shell, n[2])
+    return necrosis, enhancing, shell & ~enhancing
+
+
 def grow_tumour(
     params: TumourParams,
     centre: tuple[int, int, int],
@@ -208,25 +232,9 @@ def grow_tumour(
     dist = np.sqrt(((rel / aniso) ** 2).sum(axis=0))  # mm, ellipsoidal
     wm_b, brain_b, csf_b = wm[box], brain[box], csf[box]
 
-    # Costs are distances in units of the target radius plus bounded noise: lobulated
-    # outlines that stay centred on ``centre`` (multiplicative noise could move them).
-    core_cost = dist / _radius_mm(params.tc_ml) + 0.35 * noise[0] + 0.15 * fine
     tissue = (brain_b > 0.5) & (csf_b < 0.6 * brain_b + 0.2)
-    n = [round(v / voxel_ml) for v in (params.tc_ml, params.ncr_ml, params.et_ml)]
-    core = _lowest(core_cost, tissue, n[0])
-    core = ndimage.binary_closing(core, iterations=1) & tissue
-    # Necrosis is the deepest part of the core; enhancement the outer rim around it,
-    # broken by noise so that non-enhancing tumour fills the gaps.
-    depth = ndimage.distance_transform_edt(core, sampling=spacing).astype(np.float32)
-    necrosis = _lowest(-depth * np.exp(0.35 * noise[1]), core, n[1])
-    shell = core & ~necrosis
-    if params.grade is Grade.HGG:
-        et_cost = depth + 2.5 * noise[2] + 1.5 * fine
-    else:
-        et_cost = noise[2] + 0.3 * fine
-    enhancing = _lowest(et_cost, shell, n[2])
-    non_enh = shell & ~enhancing
-
+    necrosis, enhancing, non_enh = _grow_core(params, dist, noise, fine, tissue, spacing)
+    core = necrosis | enhancing | non_enh
     n_ed = round((params.wt_ml - params.tc_ml) / voxel_ml)
     # Oedema tracks white matter: cost is much lower in WM than in cortex, none in CSF.
     wm_share = wm_b / np.maximum(brain_b, 1e-3)
