@@ -76,3 +76,16 @@ def test_unreadable_nifti_names_the_file(tmp_path) -> None:
     bad.write_bytes(b"not a nifti")
     with pytest.raises(ValueError, match=r"broken\.nii\.gz"):
         read_nifti(bad)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path) -> None:
+    import os
+
+    from medai.fsutil import atomic_write_text
+
+    target = tmp_path / "report.html"
+    atomic_write_text(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not list(tmp_path.glob(".report.html.*"))
