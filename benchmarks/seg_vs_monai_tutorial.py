@@ -213,7 +213,10 @@ def arm_monai_tutorial(
     from monai.losses import DiceLoss
     from monai.networks.nets import SegResNet
 
-    roi_train = tuple(round(s / spacing) // 8 * 8 for s in (224, 224, 144))
+    shape = as_cohort(root).cases[0].load_image().shape  # the tutorial's ROI, scaled, ≤ image
+    roi_train = tuple(
+        min(round(s / spacing), n) // 8 * 8 for s, n in zip((224, 224, 144), shape, strict=True)
+    )
     roi_infer = tuple(round(s / spacing) // 8 * 8 for s in (240, 240, 160))
     rand = [
         mt.RandSpatialCropd(["image", "label"], roi_size=roi_train, random_size=False),
