@@ -148,7 +148,7 @@ def train_cmd(
 ) -> None:
     """Train a segmentation model (run it under torchrun for several GPUs)."""
     from medai.preprocess.plan import apply_overrides, load_plan
-    from medai.training import TrainCallback, make_plan, train
+    from medai.training import make_plan
 
     main = os.environ.get("RANK", "0") == "0"
     with user_errors():
@@ -164,16 +164,32 @@ def train_cmd(
                              time_budget_s=secs, device=device)  # fmt: skip
         if main:
             _show_plan(plan)
-        columns = (
-            TextColumn("[progress.description]{task.description}"), BarColumn(),
-            TextColumn("loss {task.fields[loss]:.3f} · val {task.fields[dice]} · "
-                       "{task.fields[sps]:.1f} samples/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-        )  # fmt: skip
-        with Progress(*columns, console=console, disable=not main) as bar:
-            callback: Any = _RichCallback(bar) if main else TrainCallback()
-            result = train(dataset, plan, out, callbacks=[callback], resume=resume,
-                           cache_dir=cache, device=device)  # fmt: skip
+        train_with_progress(dataset, plan, out, resume=resume, cache_dir=cache, device=device)
+
+
+def train_with_progress(
+    source: Any,
+    plan: Any,
+    out: Path,
+    *,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    device: str | None = None,
+) -> Any:
+    """Train with a live progress bar on rank 0 and a closing summary; returns the result."""
+    from medai.training import TrainCallback, train
+
+    main = os.environ.get("RANK", "0") == "0"
+    columns = (
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} · val {task.fields[dice]} · "
+                   "{task.fields[sps]:.1f} samples/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, disable=not main) as bar:
+        callback: Any = _RichCallback(bar) if main else TrainCallback()
+        result = train(source, plan, out, callbacks=[callback], resume=resume,
+                       cache_dir=cache_dir, device=device)  # fmt: skip
     if main:
         dice = " ".join(f"{k} {v:.3f}" for k, v in result.best_dice.items())
         console.print(f"best validation Dice (epoch {result.best_epoch}): {dice or '-'}")
@@ -182,6 +198,7 @@ def train_cmd(
             f"stopped: {result.stopped} · {k['steps']} steps · {k['samples_per_s']} samples/s · "
             f"train {k['time_to_train_s']} s · peak RSS {k['peak_rss_mb']} MiB → {out}"
         )
+    return result
 
 
 def predict_cmd(

@@ -517,6 +517,8 @@ def train(
     dist = init_distributed(device)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, str | Path):  # lets `medai evaluate RUN` find the data
+            write_json(out / "run.json", {"dataset": str(Path(source).resolve())})
     plan = plan.model_copy(deep=True)
     ok = False
     try:
