@@ -59,6 +59,12 @@ CLINICAL_COLUMNS = (
 )
 
 
+def _scanner_integers(array: np.ndarray) -> np.ndarray:
+    """Intensities rounded to int16, as scanners store them (half the bytes of float32)."""
+    info = np.iinfo(np.int16)
+    return np.clip(np.round(array), info.min, info.max).astype(np.int16)
+
+
 def msd_name(index: int) -> str:
     return f"BRATS_{index + 1:03d}"
 
@@ -74,7 +80,7 @@ def write_msd_case(case: SyntheticCase, root: str | Path) -> tuple[Path, Path]:
     base = Path(root) / MSD_DIR
     name = f"{msd_name(case.index)}.nii.gz"
     image = write_nifti(
-        case.image.with_array(case.image.array.astype(np.float32)), base / "imagesTr" / name
+        case.image.with_array(_scanner_integers(case.image.array)), base / "imagesTr" / name
     )
     label = write_nifti(
         case.label.with_array(case.label.array.astype(np.uint8)), base / "labelsTr" / name
@@ -133,7 +139,7 @@ def write_brats_case(case: SyntheticCase, root: str | Path) -> list[Path]:
         img = case.image.channel(channel)
         paths.append(
             write_nifti(
-                img.with_array(img.array.astype(np.float32)), folder / f"{name}_{suffix}.nii.gz"
+                img.with_array(_scanner_integers(img.array)), folder / f"{name}_{suffix}.nii.gz"
             )
         )
     paths.append(write_nifti(brats_labels(case), folder / f"{name}_seg.nii.gz"))
