@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,24 @@ def test_plot_overlay_checks_shapes_and_handles_empty_masks() -> None:
     assert figure_to_png(figure).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="one shape"):
         plot_overlay(image, mask[:5], mask)
+
+
+def test_reuse_predictions_reads_newer_files_only(
+    result: EvaluationResult, trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, _ = trained
+    out = tmp_path / "eval"
+    shutil.copytree(result.out_dir / "predictions", out / "predictions")
+    first = result.per_case.iloc[0]
+    path = out / "predictions" / first["split"] / f"{first['case_id']}.nii.gz"
+    planted = read_nifti(path, kind=LabelMap)
+    write_nifti(planted.with_array(np.zeros_like(planted.array)), path)  # newer than model.pt
+    again = evaluate_run(
+        run, out_dir=out, n_resamples=100, min_subgroup_cases=3, reuse_predictions=True,
+        device="cpu",
+    )  # fmt: skip
+    row = again.per_case.set_index("case_id").loc[first["case_id"]]
+    assert row["WT/dice"] == 0.0  # the planted empty prediction was read, not re-predicted
+    others = again.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
+    expected = result.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
+    np.testing.assert_allclose(others.to_numpy(), expected.loc[others.index].to_numpy())

@@ -159,13 +159,15 @@ class _Scoring:
     pred_dir: Path
     tolerance_mm: float
     empty_distance: float
+    reuse_after: float | None = None  # reuse predictions written after this time (model's)
 
 
 def _score_case(
     loaded: Any, dataset: Dataset, case: Case, split: str, scoring: _Scoring
 ) -> dict[str, Any]:
+    from medai.image import LabelMap
     from medai.inference import predict_case
-    from medai.io import write_nifti
+    from medai.io import read_nifti, write_nifti
 
     ref = dataset.load_case_label(case)
     if ref is None:
@@ -173,8 +175,16 @@ def _score_case(
             f"case {case.case_id!r} of split {split!r} has no reference label; "
             "evaluation needs one for every case"
         )
-    pred = predict_case(loaded, dataset.load_case_image(case)).labels
-    write_nifti(pred, scoring.pred_dir / split / f"{case.case_id}.nii.gz")
+    path = scoring.pred_dir / split / f"{case.case_id}.nii.gz"
+    if (
+        scoring.reuse_after is not None
+        and path.is_file()
+        and path.stat().st_mtime > scoring.reuse_after
+    ):
+        pred = read_nifti(path, kind=LabelMap)
+    else:
+        pred = predict_case(loaded, dataset.load_case_image(case)).labels
+        write_nifti(pred, path)
     row: dict[str, Any] = {"case_id": case.case_id, "patient_id": case.patient_id, "split": split}
     row.update({str(k): v for k, v in case.clinical.items()})
     row.update(
@@ -343,6 +353,7 @@ def evaluate_run(
     ci_width_target: float = 0.1,
     extra_sections: Sequence[ReportSection] = (),
     device: str | None = None,
+    reuse_predictions: bool = False,
 ) -> EvaluationResult:
     """Evaluate a segmentation run on a split and write ``report.html`` + ``metrics.json``.
 
@@ -363,6 +374,9 @@ def evaluate_run(
         ci_width_target: Interval width of mean Dice counted as a justified set size.
         extra_sections: Further report sections (e.g. radiomics / survival), appended.
         device: Inference device (default CUDA when available).
+        reuse_predictions: Read a case's prediction from ``predictions/`` when it is
+            newer than the model instead of predicting again (e.g. to re-render the
+            report with ``extra_sections``).
 
     Raises:
         DatasetError: If the dataset cannot be found, the split is empty, or a case
@@ -380,7 +394,10 @@ def evaluate_run(
     if split != "external" and data.splits.external:
         splits["external"] = data.split_cases("external")
     out = Path(out_dir) if out_dir is not None else run / "evaluation"
-    scoring = _Scoring(dict(loaded.plan.regions), out / "predictions", tolerance_mm, empty_distance)
+    reuse_after = (run / "model.pt").stat().st_mtime if reuse_predictions else None
+    scoring = _Scoring(
+        dict(loaded.plan.regions), out / "predictions", tolerance_mm, empty_distance, reuse_after
+    )
     frame = _score_splits(loaded, data, splits, scoring, progress)
     regions = list(loaded.plan.regions)
     aggregates = {
