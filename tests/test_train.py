@@ -116,3 +116,15 @@ def test_resume_with_a_different_plan_is_refused(msd: Path, tmp_path: Path) -> N
     other = apply_overrides(plan, ["train.epochs=3", "train.lr=0.1"])
     with pytest.raises(ValueError, match="'train' section differs"):
         train(msd, other, tmp_path / "run", resume=True)
+
+
+def test_early_stopping_and_time_budget(msd: Path, tmp_path: Path) -> None:
+    # a learning rate too small to change anything: validation never improves
+    frozen = tiny_plan(msd, ["train.epochs=6", "train.lr=1e-12", "train.early_stop_patience=1"])
+    result = train(msd, frozen, tmp_path / "es", cache_dir=tmp_path / "cache")
+    assert result.stopped == "early_stop"
+    assert result.epochs == 2
+    timed = tiny_plan(msd, ["train.epochs=null", "train.time_budget_s=1"])
+    result = train(msd, timed, tmp_path / "tb", cache_dir=tmp_path / "cache")
+    assert result.stopped == "time_budget"
+    assert result.kpis["time_to_train_s"] < 30
