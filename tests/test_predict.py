@@ -10,6 +10,7 @@ import pytest
 from _seg_cohort import make_msd, phantom
 from medai.image import ScalarImage
 from medai.inference import (
+    evaluate_cases,
     load_run,
     postprocess_regions,
     predict_case,
@@ -107,3 +108,19 @@ def test_dicom_study_equals_nifti(run_dir: Path, tmp_path: Path) -> None:
     assert from_dicom.labels.same_grid(from_nifti.labels, atol=1e-3)
     agree = np.mean(from_dicom.labels.array == from_nifti.labels.array)
     assert agree > 0.99
+
+
+def test_evaluate_cases_matches_manual_dice(run_dir: Path) -> None:
+    msd = run_dir.parent / "msd"
+    cohort = as_cohort(msd)
+    seen: list[str] = []
+    scores = evaluate_cases(run_dir, msd, ["BRATS_002"], on_case=lambda c, _d: seen.append(c))
+    assert seen == ["BRATS_002"]
+    case = cohort.subset(["BRATS_002"])[0]
+    pred = predict_case(run_dir, case.load_image()).labels.array[0]
+    ref = case.load_label().array[0]  # type: ignore[union-attr]
+    for name, ids in BRATS_REGIONS.items():
+        expected = region_dice(np.isin(pred, ids), np.isin(ref, ids))
+        assert scores[name] == [pytest.approx(expected)]
+    # case 2 of the tiny cohort has no ET: the BraTS rule gives exactly 0 or 1
+    assert scores["ET"][0] in (0.0, 1.0)

@@ -10,6 +10,7 @@ from medai.inference.postprocess import (
 from medai.inference.predict import (
     LoadedRun,
     Prediction,
+    evaluate_cases,
     load_run,
     predict_case,
     read_study,
@@ -20,6 +21,7 @@ from medai.inference.sliding import predict_probabilities
 __all__ = [
     "LoadedRun",
     "Prediction",
+    "evaluate_cases",
     "load_run",
     "postprocess_regions",
     "predict_case",

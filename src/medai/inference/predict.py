@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from medai.preprocess.pipeline import preprocess_image
 from medai.preprocess.plan import Plan
 from medai.preprocess.steps import resample_to_grid, uncrop
 
-__all__ = ["LoadedRun", "Prediction", "load_run", "predict_case", "read_study", "write_prediction"]
+__all__ = [
+    "LoadedRun",
+    "Prediction",
+    "evaluate_cases",
+    "load_run",
+    "predict_case",
+    "read_study",
+    "write_prediction",
+]
 
 
 @dataclass(frozen=True)
@@ -159,3 +168,48 @@ def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]
         prob_path = folder / f"{prefix}probabilities.nii.gz"
         paths["probabilities"] = write_nifti(prediction.probabilities, prob_path)
     return paths
+
+
+def evaluate_cases(
+    run: LoadedRun | str | Path,
+    source: Any,
+    case_ids: list[str],
+    *,
+    tta: bool | None = None,
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, list[float]]:
+    """Predict labelled cases and score each region's Dice on the input grid.
+
+    Uses the BraTS rule for an empty reference (no prediction scores 1, any scores 0).
+
+    Args:
+        run: A :class:`LoadedRun` or a run folder.
+        source: MSD folder, ``medai.data.Dataset`` or ``SegCohort``.
+        case_ids: The (test) cases to score.
+        tta: Flip test-time augmentation; default from the plan.
+        on_case: Called with ``(case_id, {region: dice})`` after each case.
+
+    Returns:
+        Region → per-case Dice, in ``case_ids`` order.
+    """
+    from medai.inference.postprocess import region_dice
+    from medai.preprocess.cases import as_cohort
+
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    cohort = as_cohort(source)
+    scores: dict[str, list[float]] = {name: [] for name in loaded.plan.regions}
+    for case in cohort.subset(list(case_ids)):
+        label = case.load_label()
+        if label is None:
+            raise ValueError(f"case {case.case_id!r} has no label to score against")
+        pred = predict_case(loaded, case.load_image(), tta=tta).labels.array[0]
+        ref = label.array[0]
+        dice = {
+            name: region_dice(np.isin(pred, ids), np.isin(ref, ids))
+            for name, ids in loaded.plan.regions.items()
+        }
+        for name, value in dice.items():
+            scores[name].append(value)
+        if on_case is not None:
+            on_case(case.case_id, dice)
+    return scores
