@@ -13,7 +13,7 @@ from medai.cli.console import console, progress, user_errors
 if TYPE_CHECKING:
     from medai.evaluation.run_report import EvaluationResult
 
-__all__ = ["evaluate_cmd"]
+__all__ = ["evaluate_cmd", "show_evaluation"]
 
 
 def _dice_table(result: EvaluationResult) -> Table:
@@ -56,6 +56,11 @@ def evaluate_cmd(
             seed=seed, tolerance_mm=tolerance, min_subgroup_cases=min_subgroup, device=device,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
+    show_evaluation(result)
+
+
+def show_evaluation(result: EvaluationResult) -> None:
+    """Print the Dice table, flagged subgroups and where the report went."""
     console.print(_dice_table(result))
     if result.subgroups is not None and not result.subgroups.flagged.empty:
         for _, row in result.subgroups.flagged.iterrows():
