@@ -365,6 +365,7 @@ class _Trainer:
             st["epoch"] += 1
             st["step_in_epoch"] = 0
         due = complete and st["epoch"] % self.tp.val_every == 0 and self._val_affordable()
+        due = all_ranks_agree(due, self.dist)  # ranks' clocks differ; decide together
         dice = self.run_validation() if (due or force_val) else {}
         row: dict[str, Any] = {
             "epoch": st["epoch"],
