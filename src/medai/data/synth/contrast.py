@@ -93,6 +93,21 @@ def make_sites(count: int = 4, *, seed: int = 0) -> list[Site]:
     return out
 
 
+#: Added T1ce signal (relative to WM on T1) of fully enhancing vessel voxels.
+VESSEL_ENHANCEMENT = 0.9
+
+
+def _vessels(rng: np.random.Generator, csf: F32, spacing: float) -> F32:
+    """Thin curved sheets in CSF that enhance on T1ce but are not tumour.
+
+    Cortical veins, dural sinuses and the choroid plexus enhance after gadolinium; a
+    T1ce threshold alone therefore also picks them up. About one CSF voxel in ten.
+    """
+    field = smooth_field(rng, csf.shape, nodes=max(6, int(100 / spacing)))[0]
+    ridge = np.clip(1.0 - np.abs(field) / 0.12, 0.0, 1.0)
+    return (ridge * np.clip((csf - 0.3) / 0.5, 0.0, 1.0)).astype(np.float32)
+
+
 def _partial_volume(tissue: F32, tumour: F32, spacing: float) -> F32:
     """Stack 7 class fractions: tumour masks softened by 0.5 mm, healthy tissue scaled."""
     soft = ndimage.gaussian_filter(tumour, sigma=(0, *(3 * [0.5 / spacing])), truncate=3.0)
@@ -124,6 +139,7 @@ def render(
     """
     classes = _partial_volume(tissue, tumour, spacing)
     shape = classes.shape[1:]
+    vessels = _vessels(rng, classes[0], spacing)
     texture = smooth_field(rng, shape, nodes=max(4, int(60 / spacing)), channels=2)
     mean = site.intensity
     brain = np.clip(classes.sum(axis=0), 0.0, 1.0)
@@ -133,6 +149,8 @@ def render(
         tex = texture[c % 2] if c < 2 else texture[(c + 1) % 2]
         signal = np.tensordot(mean[c], classes, axes=1)
         signal *= 1.0 + 0.5 * np.tensordot(TEXTURE, classes, axes=1) * tex
+        if CONTRASTS[c] == "t1ce":
+            signal += VESSEL_ENHANCEMENT * vessels
         if sigma_z > 0.05:
             signal = ndimage.gaussian_filter1d(signal, sigma_z, axis=2)
         bias = np.exp(site.bias * smooth_field(rng, shape, nodes=3)[0])
