@@ -149,3 +149,14 @@ def test_dicom_series_per_contrast_with_stable_uids(tmp_path) -> None:
     assert len(series) == 4
     assert len(studies) == 1
     assert len(MSD_CHANNELS) == 4
+
+
+def test_enhancing_vessels_lie_in_csf_only() -> None:
+    from medai.data.synth import contrast
+
+    csf = np.zeros((30, 30, 30), dtype=np.float32)
+    csf[:, :15] = 1.0
+    vessels = contrast._vessels(np.random.default_rng(0), csf, 2.0)
+    assert not vessels[:, 15:].any()
+    share = (vessels[:, :15] > 0.5).mean()
+    assert 0.02 < share < 0.2
