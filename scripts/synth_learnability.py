@@ -16,27 +16,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from medai.data.synth.learnability import normalise_brain, threshold_baseline
+from medai.image import LabelMap
+from medai.io import read_nifti
+
 REGIONS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
-EDGES = np.linspace(-6.0, 12.0, 721)
 
 
 def _load(root: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(normalised channels (x, y, z, 4), labels, brain mask) per case."""
+    """(normalised channels (4, x, y, z), labels, brain mask) per case."""
     cases = []
     for path in sorted((root / "Task01_BrainTumour" / "imagesTr").glob("*.nii.gz")):
-        image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        label = np.asarray(nib.load(str(path).replace("imagesTr", "labelsTr")).dataobj)
-        brain = image[..., 0] > 0
-        values = image[brain]
-        q1, med, q3 = np.percentile(values, [25, 50, 75], axis=0)
-        image = (image - med) / (q3 - q1)
-        image[~brain] = 0.0
-        cases.append((image, label, brain))
+        image = read_nifti(path)
+        label = read_nifti(str(path).replace("imagesTr", "labelsTr"), kind=LabelMap)
+        cases.append(normalise_brain(image, label))
     return cases
 
 
@@ -45,36 +42,8 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
 
 
-def _dice_curve(cases: list, channel: int, labels: tuple[int, ...], sign: int) -> np.ndarray:
-    """Mean Dice over cases of ``sign * x >= edge`` for every histogram edge."""
-    curves = []
-    for image, label, brain in cases:
-        x = sign * image[..., channel][brain]
-        truth = np.isin(label[brain], labels)
-        pred_n = np.histogram(x, EDGES)[0][::-1].cumsum()[::-1]
-        tp = np.histogram(x[truth], EDGES)[0][::-1].cumsum()[::-1]
-        denom = pred_n + truth.sum()
-        curves.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0))
-    return np.mean(curves, axis=0)
-
-
-def threshold_baseline(train: list, test: list) -> dict[str, tuple[float, float, int]]:
-    out = {}
-    for name, labels in REGIONS.items():
-        best = (-1.0, 0, 1, 0)
-        for channel in range(4):
-            for sign in (1, -1):
-                curve = _dice_curve(train, channel, labels, sign)
-                i = int(np.argmax(curve))
-                if curve[i] > best[0]:
-                    best = (float(curve[i]), channel, sign, i)
-        _, channel, sign, i = best
-        out[name] = (best[0], float(_dice_curve(test, channel, labels, sign)[i]), channel)
-    return out
-
-
 def _features(image: np.ndarray) -> np.ndarray:
-    chans = [image[..., c] for c in range(4)]
+    chans = [image[c] for c in range(4)]
     smooth = [ndimage.gaussian_filter(c, s) for c in chans for s in (1.0, 2.5)]
     return np.stack(chans + smooth, axis=-1)
 
@@ -108,8 +77,11 @@ def main() -> None:
     train, test = cases[: args.train], cases[args.train :]
     names = ["FLAIR", "T1w", "t1gd", "T2w"]
     print(f"{len(train)} training cases, {len(test)} test cases")
-    for name, (tr, te, channel) in threshold_baseline(train, test).items():
-        print(f"threshold {name}: train Dice {tr:.3f}, test Dice {te:.3f} ({names[channel]})")
+    for name, rule in threshold_baseline(train, test, REGIONS).items():
+        print(
+            f"threshold {name}: train Dice {rule.train_dice:.3f}, "
+            f"test Dice {rule.test_dice:.3f} ({names[rule.channel]})"
+        )
     for name, score in voxel_classifier(train, test).items():
         print(f"voxel classifier {name}: test Dice {score:.3f}")
 
