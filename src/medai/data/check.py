@@ -90,11 +90,19 @@ def _voxel_hash(image: Image) -> str:
     return digest.hexdigest()
 
 
-def _channel_stats(image: ScalarImage) -> list[tuple[float, float]]:
-    """Per channel: (mean, std) of the non-zero voxels (the body, not the air)."""
+def _channel_stats(image: ScalarImage, label: LabelMap | None) -> list[tuple[float, float]]:
+    """Per channel: (mean, std) of the non-zero voxels outside any labelled structure.
+
+    Air is left out, and so is the labelled lesion when the label map fits the image:
+    a scanner's intensity scale shows in normal tissue, while tumour burden (a large
+    necrotic core, say) would move a whole-body mean without anything being wrong.
+    """
+    keep = np.ones(image.shape, dtype=bool)
+    if label is not None and label.shape == image.shape:
+        keep = label.numpy3d() == 0
     stats = []
     for data in image.array.astype(np.float64):
-        body = data[data != 0]
+        body = data[(data != 0) & keep]
         body = body if body.size else data.ravel()
         stats.append((float(body.mean()), float(body.std())))
     return stats
@@ -251,7 +259,8 @@ def _check_outliers(
     Two families, in log units: (1) each channel's mean relative to the case's other
     channels (scale-free, so scanners with other units do not matter; floor 0.2);
     (2) raw mean and std, judged within each site when every case names its site
-    (floor 0.05), else across all cases with a wide floor (0.5: about 12× off).
+    (floor 0.25: anatomy and per-scan scaling move a mean by tens of %), else across
+    all cases with a wide floor (0.5: about 12× off).
     """
     ids = list(stats)
     table = np.log(np.abs(np.asarray([stats[i] for i in ids])) + 1e-6)  # (cases, channels, 2)
@@ -262,7 +271,7 @@ def _check_outliers(
             what = f"channel {channel!r} mean relative to the other channels, mean"
             _flag(ids, relative[:, c], list(raw[:, c, 0]), what, 0.2, z_max, add)
     groups = _site_groups(ds, ids, site_column)
-    floor = 0.05 if groups else 0.5
+    floor = 0.25 if groups else 0.5
     groups = groups or {"": list(range(len(ids)))}
     notes = []
     for site, members in sorted(groups.items()):
@@ -312,7 +321,7 @@ def check_dataset(
             seen |= _check_label(ds, case, image, label, add)
         if image is not None:
             hashes[_voxel_hash(image)].append(case.case_id)
-            stats[case.case_id] = _channel_stats(image)
+            stats[case.case_id] = _channel_stats(image, label)
         if progress is not None:
             progress(done, len(ds.cases))
     for same in hashes.values():
