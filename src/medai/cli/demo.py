@@ -9,6 +9,7 @@ did; the outputs stay in the demo folder for a look.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -36,10 +37,9 @@ def _step(title: str) -> Iterator[None]:
 
 #: The scanner site whose patients form the external test set.
 EXTERNAL_SITE = "site-D"
-#: Radiomic features for the outcome model: size, shape and enhancement texture.
-SURVIVAL_FEATURES = (
-    r"^(WT|TC|ET)_t1gd_(morph_volume|morph_sphericity|stat_|ih_entropy|glcm_joint_entr)"
-)
+#: Texture and shape features of the whole tumour offered to the outcome model, next to
+#: its size (log volume) and enhancing fraction, both from the predicted masks.
+SURVIVAL_FEATURES = r"^WT_t1gd_(morph_sphericity|ih_entropy|glcm_joint_entr|stat_skew)"
 
 
 def _pydicom_data_folder() -> Path:
@@ -177,24 +177,27 @@ def _extract(dataset: Any, predictions: Path, split: str) -> Any:
 
 
 def _radiomics_step(run: Path, manifest: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
     from medai.data import Dataset
     from medai.evaluation import evaluate_run
-    from medai.radiomics import fit_survival, wide_table
+    from medai.radiomics import fit_survival, wide_table, write_features_csv
     from medai.radiomics.survival_report import survival_section
 
     dataset = Dataset.load(manifest)
     predictions = run / "evaluation" / "predictions"
     tables = [_extract(dataset, predictions, split) for split in ("test", "external")]
-    import pandas as pd
-
     wide = wide_table(pd.concat(tables, ignore_index=True))
+    write_features_csv(wide, run / "radiomics" / "features_wide.csv")
+    wide["log_wt_volume"] = np.log(wide["WT_t1gd_morph_volume"] / 1000.0)  # mm³ → mL
     wide["enhancing_fraction"] = wide["ET_t1gd_morph_volume"] / wide["WT_t1gd_morph_volume"]
     features = [c for c in wide.columns if re.match(SURVIVAL_FEATURES, c)]
     result = fit_survival(
         wide,
         time_col="survival_days",
         event_col="event",
-        features=[*features, "enhancing_fraction"],
+        features=[*features, "log_wt_volume", "enhancing_fraction"],
         clinical=["age"],
         seed=0,
     )
@@ -204,8 +207,9 @@ def _radiomics_step(run: Path, manifest: Path) -> None:
         f"sets): C-index {ci.estimate:.3f} (95 % CI {ci.low:.3f}–{ci.high:.3f})"
     )
     console.print(f"strongest covariates: {', '.join(result.strongest[:5])}")
-    truth = (run.parent / "cohort" / "survival_model.json").read_text(encoding="utf-8")
-    console.print(f"[dim]true model: {truth.strip()}[/]")
+    truth = json.loads((run.parent / "cohort" / "survival_model.json").read_text("utf-8"))
+    betas = ", ".join(f"{name} β={beta:g}" for name, beta in truth["beta"].items())
+    console.print(f"the cohort's true hazard model ({truth['model']}): {betas}")
     evaluate_run(
         run,
         split="test",
@@ -218,10 +222,10 @@ def _radiomics_step(run: Path, manifest: Path) -> None:
 
 def demo(
     out: Path = typer.Argument(Path("demo_out"), help="Folder for everything the demo writes."),
-    cases: int = typer.Option(80, help="Synthetic cohort size."),
+    cases: int = typer.Option(120, help="Synthetic cohort size."),
     spacing: float = typer.Option(2.0, help="Cohort voxel size (mm)."),
-    test: float = typer.Option(0.45, help="Share of internal patients held out for testing."),
-    validation: float = typer.Option(0.1, help="Share of internal patients for validation."),
+    test: float = typer.Option(0.6, help="Share of internal patients held out for testing."),
+    validation: float = typer.Option(0.07, help="Share of internal patients for validation."),
     train_minutes: float = typer.Option(6.0, help="Training budget (wall-clock minutes)."),
     seed: int = typer.Option(0, help="Seed of the whole demo."),
 ) -> None:
