@@ -100,11 +100,12 @@ def region_volumes_ml(
 
 
 def region_dice(pred: NDArray[Any], ref: NDArray[Any]) -> float:
-    """Dice of two binary masks; an empty reference scores 1 if the prediction is empty
-    too and 0 otherwise (the BraTS convention)."""
-    p = np.asarray(pred, dtype=bool)
-    r = np.asarray(ref, dtype=bool)
-    total = int(p.sum()) + int(r.sum())
-    if int(r.sum()) == 0:
-        return 1.0 if int(p.sum()) == 0 else 0.0
-    return 2.0 * float(np.logical_and(p, r).sum()) / total
+    """Dice of two binary masks with the BraTS convention for an empty reference.
+
+    An empty reference scores 1 when the prediction is empty too and 0 otherwise; this
+    is :func:`medai.evaluation.compute_dice`, which the report uses as well.
+    """
+    from medai.evaluation.segmentation import compute_dice
+
+    p, r = (np.atleast_2d(np.asarray(m, dtype=bool)) for m in (pred, ref))
+    return compute_dice(p, r)
