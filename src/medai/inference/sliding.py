@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,18 +47,19 @@ def predict_probabilities(
         flips = [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
     was_training = model.training
     model.eval()
-    total: torch.Tensor | None = None
+    total = torch.zeros(())
     use_amp = amp and dev.type == "cuda"
     with torch.no_grad(), torch.autocast(dev.type, enabled=use_amp):
         for dims in flips:
             inp = torch.flip(x, dims) if dims else x
-            logits = sliding_window_inference(
-                inp, patch_size, sw_batch_size, model, overlap=overlap, mode="gaussian"
+            logits = cast(
+                torch.Tensor,
+                sliding_window_inference(
+                    inp, patch_size, sw_batch_size, model, overlap=overlap, mode="gaussian"
+                ),
             )
-            assert isinstance(logits, torch.Tensor)
             prob = torch.sigmoid(logits.float())
             prob = torch.flip(prob, dims) if dims else prob
-            total = prob if total is None else total + prob
+            total = total + prob
     model.train(was_training)
-    assert total is not None
     return (total / len(flips))[0].cpu().numpy().astype(np.float32)
