@@ -3,7 +3,8 @@
 from medai.training.callbacks import RunResult, StepInfo, TrainCallback, ValidationInfo
 from medai.training.networks import build_network
 from medai.training.planner import make_plan, probe_throughput
-from medai.training.trainer import build_loss, lr_at, split_train_val, train
+from medai.training.recipe import build_loss, lr_at
+from medai.training.trainer import split_train_val, train
 
 __all__ = [
     "RunResult",

@@ -9,8 +9,6 @@ order and every augmentation are functions of counters saved in the checkpoint.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -36,47 +34,13 @@ from medai.training.distributed import (
     shutdown_distributed,
 )
 from medai.training.networks import build_network
+from medai.training.recipe import build_loss, lr_at, rng_state, seed_all, set_rng_state
 from medai.training.records import peak_memory_mb, plot_curve, write_json, write_metrics
 from medai.training.validation import CaseScore, choose_inner_threshold, validate
 
-__all__ = ["build_loss", "lr_at", "split_train_val", "train"]
+__all__ = ["split_train_val", "train"]
 
 log = logging.getLogger(__name__)
-
-
-def lr_at(progress: float, *, base: float, warmup: float) -> float:
-    """Learning rate at ``progress`` ∈ [0, 1]: linear warm-up, then cosine to 1 %."""
-    p = min(max(progress, 0.0), 1.0)
-    if warmup > 0 and p < warmup:
-        return base * max(p / warmup, 0.01)
-    frac = (p - warmup) / max(1.0 - warmup, 1e-9)
-    return base * max(0.5 * (1.0 + math.cos(math.pi * frac)), 0.01)
-
-
-def build_loss(kind: str) -> nn.Module:
-    """Batch Dice + BCE (or Dice + focal) on sigmoid region channels.
-
-    Batch Dice pools voxels over the batch, so a patch without a region does not
-    score 1 − 0 for any false-positive voxel (nnU-Net's choice for 3D).
-
-    MONAI's ``DiceCELoss`` applies a *softmax* cross-entropy to multi-channel input
-    even with ``sigmoid=True``, which is wrong for overlapping regions, so the BCE
-    part is torch's ``BCEWithLogitsLoss``.
-    """
-    from monai.losses import DiceFocalLoss, DiceLoss
-
-    if kind == "dice_focal":
-        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
-    if kind != "dice_ce":
-        raise ValueError(f"loss must be 'dice_ce' or 'dice_focal'; got {kind!r}")
-    dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
-    bce = nn.BCEWithLogitsLoss()
-
-    class _DiceBCE(nn.Module):
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return dice(logits, target) + bce(logits, target)
-
-    return _DiceBCE()
 
 
 def split_train_val(
@@ -90,31 +54,6 @@ def split_train_val(
     n_val = min(len(ordered) - 1, max(1, round(fraction * len(ordered))))
     val = sorted(ordered[i] for i in perm[:n_val])
     return [i for i in ordered if i not in val], val
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code draws from it
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Trainer:
@@ -132,7 +71,7 @@ class _Trainer:
     ) -> None:
         self.plan, self.out, self.callbacks, self.dist = plan, out_dir, list(callbacks), dist
         self.tp = plan.train
-        _seed_all(self.tp.seed)
+        seed_all(self.tp.seed)
         if case_ids is None and cohort.train_ids and cohort.val_ids:
             ids = cohort.train_ids + cohort.val_ids  # the dataset's own validation split
             self.train_ids, self.val_ids = list(cohort.train_ids), list(cohort.val_ids)
@@ -201,7 +140,7 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": {"kind": "warmup_cosine", "progress": self.progress()},
             "state": self.state,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "plan": self.plan.model_dump(mode="json"),
         }
         with atomic_path(self.ckpt_dir / "last.pt") as tmp:
@@ -222,7 +161,7 @@ class _Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.state = payload["state"]
-        _set_rng_state(payload["rng"])
+        set_rng_state(payload["rng"])
         log.info(
             "resumed from %s at epoch %d step %d",
             path,
