@@ -281,3 +281,16 @@ def test_report_section_and_cli(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, [str(feats), "--clinical-table", str(clin), "--on", "nope"])
     assert bad.exit_code == 2
     assert "--on 'nope'" in bad.output
+
+
+def test_cli_default_features_match_long_and_wide_tables() -> None:
+    from medai.cli.survival_cmd import _feature_columns
+
+    table = pd.DataFrame(
+        {"WT_t1gd_glcm_joint_max_3d_avg": [1.0], "morph_volume": [2.0], "age": [3.0],
+         "wt_ml": [4.0], "survival_days": [5.0]}
+    )  # fmt: skip
+    assert _feature_columns(table, None, {"survival_days"}) == [
+        "WT_t1gd_glcm_joint_max_3d_avg",
+        "morph_volume",
+    ]

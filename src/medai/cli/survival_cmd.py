@@ -34,7 +34,10 @@ def _feature_columns(df: pd.DataFrame, pattern: str | None, exclude: set[str]) -
     if pattern:
         regex = re.compile(pattern)
         return [c for c in numeric if regex.search(str(c))]
-    return [c for c in numeric if str(c).startswith(_FEATURE_PREFIXES)]
+    # A long table's columns start with the family (``glcm_...``); a wide table's carry
+    # ``<region>_<channel>_`` before it (``WT_t1gd_glcm_...``).
+    family = re.compile(r"(^|_)(" + "|".join(p.rstrip("_") for p in _FEATURE_PREFIXES) + r")_")
+    return [c for c in numeric if family.search(str(c))]
 
 
 def survival(
