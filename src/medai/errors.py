@@ -34,3 +34,34 @@ class GeometryError(MedaiError, ValueError):
 
 class DatasetError(MedaiError, ValueError):
     """A dataset, manifest or case that is inconsistent or incomplete."""
+
+
+class ConfigError(MedaiError, ValueError):
+    """A setting that is not valid: a command-line value, an override, a config file."""
+
+
+class PlanError(ConfigError):
+    """A segmentation plan (YAML file or ``key=value`` overrides) that does not validate."""
+
+
+def validation_summary(exc: Exception) -> str:
+    """A pydantic ``ValidationError`` in one line: ``field: problem (got value)``, ``; ``-joined.
+
+    Each part names the field's dotted path (``train.loss``), what pydantic allows there
+    (``Input should be 'dice_ce' or 'dice_focal'``) and the value given, so an error built
+    from it names the problem and the fix. Anything else is returned as ``str(exc)``.
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field (remove it or fix its spelling)"
+        given = err.get("input")
+        if err.get("type") != "extra_forbidden" and isinstance(given, str | int | float | bool):
+            message += f" (got {given!r})"
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
