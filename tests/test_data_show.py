@@ -13,6 +13,7 @@ from data_fixtures import AFFINE, write_msd
 from medai.cli.main import app
 from medai.data import Dataset, render_case_png
 from medai.data.show import PANEL_PIXELS
+from medai.errors import ConfigError, GeometryError
 from medai.image import LabelMap, ScalarImage
 
 
@@ -56,11 +57,11 @@ def test_render_validates_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 channels"):
         render_case_png(image, None, tmp_path / "x.png", channel_names=["a"])
     other = LabelMap(np.zeros((4, 4, 2), np.int16), AFFINE)
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(GeometryError, match="grid"):
         render_case_png(image, other, tmp_path / "x.png")
-    with pytest.raises(ValueError, match="overlay must be"):
+    with pytest.raises(ValueError, match="not a valid Overlay"):
         render_case_png(image, None, tmp_path / "x.png", overlay="dots")
-    with pytest.raises(ValueError, match="slice_index 9"):
+    with pytest.raises(ConfigError, match=r"slice index 9 is outside 0\.\.2"):
         render_case_png(image, None, tmp_path / "x.png", slice_index=9)
     assert not (tmp_path / "x.png").exists()
 

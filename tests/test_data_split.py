@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from data_fixtures import write_msd
 from medai.cli.main import app
 from medai.data import SPLIT_NAMES, Case, Dataset, import_msd, split_dataset
-from medai.errors import DatasetError
+from medai.errors import ConfigError, DatasetError
 
 GRADES = ("HGG", "LGG", "GBM")
 SITES = ("A", "B", "C")
@@ -116,13 +116,13 @@ def test_external_site_is_held_out_whole(patients: list[tuple[int, str, str]], s
 
 def test_split_rejects_bad_arguments() -> None:
     ds = _dataset([(1, "HGG", "A"), (1, "LGG", "B")])
-    with pytest.raises(ValueError, match="test must be a fraction"):
+    with pytest.raises(ConfigError, match="test must be a fraction"):
         split_dataset(ds, test=1.2)
-    with pytest.raises(ValueError, match="leave cases to train"):
+    with pytest.raises(ConfigError, match="leaves no case to train on"):
         split_dataset(ds, test=0.5, validation=0.5)
-    with pytest.raises(ValueError, match="folds must be 0"):
+    with pytest.raises(ConfigError, match="folds must be 0"):
         split_dataset(ds, folds=1)
-    with pytest.raises(ValueError, match=r"stratify='stage'.*known columns: \['grade', 'site'\]"):
+    with pytest.raises(ConfigError, match=r"stratify='stage'.*known columns: \['grade', 'site'\]"):
         split_dataset(ds, stratify="stage")
 
 

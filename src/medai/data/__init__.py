@@ -2,8 +2,6 @@
 
 from medai.data.check import Anomaly, AnomalyKind, CheckReport, check_dataset, robust_z
 from medai.data.importers import (
-    BRATS2021_REGIONS,
-    MSD_BRAIN_REGIONS,
     attach_clinical,
     import_brats,
     import_msd,
@@ -16,11 +14,19 @@ from medai.data.importers_tabular import (
     import_deephealth_yaml,
     import_medmnist_npz,
 )
-from medai.data.manifest import SPLIT_NAMES, Case, Dataset, Splits, TaskType, region_masks
-from medai.data.show import render_case_png
+from medai.data.manifest import SPLIT_NAMES, Case, Dataset, Split, Splits, TaskType, region_masks
+from medai.data.semantics import (
+    BRATS2021_LABELS,
+    BRATS2021_REGIONS,
+    MSD_BRAIN_REGIONS,
+    brain_tumour_regions,
+    resolve_regions,
+)
+from medai.data.show import Overlay, render_case_png
 from medai.data.split import split_dataset
 
 __all__ = [
+    "BRATS2021_LABELS",
     "BRATS2021_REGIONS",
     "MSD_BRAIN_REGIONS",
     "SPLIT_NAMES",
@@ -29,9 +35,12 @@ __all__ = [
     "Case",
     "CheckReport",
     "Dataset",
+    "Overlay",
+    "Split",
     "Splits",
     "TaskType",
     "attach_clinical",
+    "brain_tumour_regions",
     "check_dataset",
     "import_brats",
     "import_class_folders",
@@ -43,6 +52,7 @@ __all__ = [
     "import_nnunet_raw",
     "region_masks",
     "render_case_png",
+    "resolve_regions",
     "robust_z",
     "split_dataset",
 ]

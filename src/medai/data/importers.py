@@ -7,20 +7,22 @@ labels is checked by :func:`medai.data.check_dataset` (kind ``label_values``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pandas as pd
+from pydantic import ValidationError
 
 from medai.data.manifest import Case, Dataset, TaskType
-from medai.errors import DatasetError
+from medai.data.semantics import BRATS2021_LABELS, BRATS2021_REGIONS, brain_tumour_regions
+from medai.errors import DatasetError, validation_summary
 
 __all__ = [
-    "BRATS2021_REGIONS",
-    "MSD_BRAIN_REGIONS",
     "attach_clinical",
     "import_brats",
     "import_msd",
@@ -29,26 +31,60 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MSD_BRAIN_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
-BRATS2021_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
 BRATS2021_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-BRATS2021_LABELS: dict[int, str] = {
-    0: "background",
-    1: "necrotic tumour core",
-    2: "peritumoural oedema",
-    4: "enhancing tumour",
-}
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def typed_import_errors(importer: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn what a malformed input file makes the parsers raise into a :class:`DatasetError`.
+
+    A manifest field pydantic rejects, a CSV pandas cannot parse, or bytes that are not
+    text all become one message naming the file (the importer's first argument), the
+    problem and the fix; programming errors pass through untouched.
+    """
+
+    @functools.wraps(importer)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        where = args[0] if args else next(iter(kwargs.values()), "?")
+        try:
+            return importer(*args, **kwargs)
+        except ValidationError as exc:
+            raise DatasetError(
+                f"{where}: not a valid dataset: {validation_summary(exc)}; fix the file"
+            ) from exc
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DatasetError(f"{where}: not a readable table ({exc}); fix the CSV") from exc
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{where}: not a text file ({exc.reason}); wrong file?") from exc
+
+    return wrapper
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object")
     return data
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as a table.
+
+    Raises:
+        DatasetError: If the file is not a readable CSV table.
+    """
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(
+            f"{path}: not a readable CSV table ({exc}); fix or re-export it"
+        ) from exc
 
 
 def _stem(path: Path) -> str:
@@ -101,7 +137,7 @@ def attach_clinical(
         DatasetError: If no column of the CSV matches any case.
     """
     csv_path = Path(csv_path)
-    table = pd.read_csv(csv_path)
+    table = _read_csv(csv_path)
     case_col = _case_column(table, {c.case_id for c in cases}, patient_column)
     records = table.to_dict(orient="records")
     by_case = {str(r[case_col]): r for r in records} if case_col else {}
@@ -141,48 +177,62 @@ def _maybe_clinical(cases: list[Case], folder: Path) -> list[Case]:
 
 
 # -- Medical Segmentation Decathlon ---------------------------------------------------
+@typed_import_errors
 def import_msd(folder: str | Path) -> Dataset:
     """Import a Medical Segmentation Decathlon task folder (``dataset.json``).
 
     Channel order comes from ``modality`` (keys "0", "1", ... in numeric order),
     label numbering from ``labels``. Cases are the ``training`` entries (``imagesTs``
-    has no labels and is not imported). A ``clinical.csv`` beside ``dataset.json``
-    (or one folder up) is joined with :func:`attach_clinical`.
+    has no labels and is not imported; an entry without ``label`` is an unlabelled
+    case). A ``clinical.csv`` beside ``dataset.json`` (or one folder up) is joined with
+    :func:`attach_clinical`. Regions are set only when the label names are the MSD
+    brain-tumour labels (:func:`medai.data.semantics.brain_tumour_regions`).
 
     Raises:
         DatasetError: If ``dataset.json`` is missing or malformed.
     """
     folder = Path(folder).resolve()
-    meta = _read_json(folder / "dataset.json")
+    where = folder / "dataset.json"
+    meta = _read_json(where)
     modality = meta.get("modality") or {"0": "image"}
+    labels_raw = meta.get("labels") or {}
     try:
+        if not isinstance(modality, dict) or not isinstance(labels_raw, dict):
+            raise TypeError("not a mapping")
         channels = [str(modality[k]) for k in sorted(modality, key=int)]
-        labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        labels = {int(k): str(v) for k, v in labels_raw.items()}
     except (TypeError, ValueError) as exc:
         raise DatasetError(
-            f"{folder}/dataset.json: 'modality'/'labels' keys must be integers"
+            f"{where}: 'modality' and 'labels' must map integer keys (\"0\", \"1\", ...) to names"
         ) from exc
-    cases = []
-    for entry in meta.get("training") or []:
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise DatasetError(f"{folder}/dataset.json: training entry {entry!r} has no 'image'")
-        image = (folder / entry["image"]).resolve()
-        label = (folder / entry["label"]).resolve() if entry.get("label") else None
-        case_id = _stem(image)
-        cases.append(Case(patient_id=case_id, case_id=case_id, image=image, label=label))
+    training = meta.get("training") or []
+    if not isinstance(training, list):
+        raise DatasetError(f"{where}: 'training' must be a list of {{image, label}} entries")
+    cases = [_msd_case(folder, entry, where) for entry in training]
     if not cases:
-        raise DatasetError(f"{folder}/dataset.json: 'training' lists no case")
-    names = [labels[k].lower() for k in sorted(labels)]
-    is_brain = len(names) == 4 and "enhanc" in names[3] and "edema" in names[1].replace("oe", "e")
+        raise DatasetError(f"{where}: 'training' lists no case")
     return Dataset(
         name=str(meta.get("name") or folder.name),
         description=str(meta.get("description") or ""),
         task=TaskType.SEGMENTATION,
         channels=channels,
         labels=labels,
-        regions=dict(MSD_BRAIN_REGIONS) if is_brain else {},
+        regions=brain_tumour_regions(labels) or {},
         cases=_maybe_clinical(cases, folder),
     )
+
+
+def _msd_case(folder: Path, entry: Any, where: Path) -> Case:
+    """One ``training`` entry: ``image`` required, ``label`` optional (an unlabelled case)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+        raise DatasetError(
+            f"{where}: training entry {entry!r} has no 'image' path; give each entry "
+            '{"image": "./imagesTr/<case>.nii.gz", "label": "./labelsTr/<case>.nii.gz"}'
+        )
+    image = (folder / entry["image"]).resolve()
+    label = (folder / entry["label"]).resolve() if entry.get("label") else None
+    case_id = _stem(image)
+    return Case(patient_id=case_id, case_id=case_id, image=image, label=label)
 
 
 # -- BraTS 2021 -----------------------------------------------------------------------
@@ -194,6 +244,7 @@ def _find_nifti(folder: Path, prefix: str) -> Path | None:
     return None
 
 
+@typed_import_errors
 def import_brats(folder: str | Path) -> Dataset:
     """Import a BraTS 2021 folder: one sub-folder per case holding
     ``<case>_t1``, ``_t1ce``, ``_t2``, ``_flair`` and (training data) ``_seg`` NIfTIs.
@@ -236,7 +287,7 @@ def _nnunet_labels(raw: dict[str, Any], where: Path) -> tuple[dict[int, str], di
     labels: dict[int, str] = {}
     regions: dict[str, list[int]] = {}
     for name, value in raw.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
             regions[str(name)] = sorted(int(v) for v in value)
         elif isinstance(value, int | str) and str(value).lstrip("-").isdigit():
             labels[int(value)] = str(name)
@@ -252,6 +303,7 @@ def _nnunet_labels(raw: dict[str, Any], where: Path) -> tuple[dict[int, str], di
     return dict(sorted(labels.items())), regions
 
 
+@typed_import_errors
 def import_nnunet_raw(folder: str | Path) -> Dataset:
     """Import an nnU-Net v2 raw dataset folder (``dataset.json``, ``imagesTr``,
     ``labelsTr``; channel files ``<case>_<XXXX><file_ending>``).
@@ -264,13 +316,23 @@ def import_nnunet_raw(folder: str | Path) -> Dataset:
             is found.
     """
     folder = Path(folder).resolve()
-    meta = _read_json(folder / "dataset.json")
-    if "channel_names" not in meta or "labels" not in meta:
-        raise DatasetError(f"{folder}/dataset.json: nnU-Net needs 'channel_names' and 'labels'")
-    order = sorted(meta["channel_names"], key=int)
-    channels = [str(meta["channel_names"][k]) for k in order]
+    where = folder / "dataset.json"
+    meta = _read_json(where)
+    names, raw_labels = meta.get("channel_names"), meta.get("labels")
+    if not isinstance(names, dict) or not names or not isinstance(raw_labels, dict):
+        raise DatasetError(
+            f"{where}: nnU-Net needs 'channel_names' ({{\"0\": \"T2\", ...}}) and 'labels' "
+            '({"background": 0, ...}) mappings'
+        )
+    try:
+        order = sorted(names, key=int)
+    except ValueError as exc:
+        raise DatasetError(
+            f'{where}: \'channel_names\' keys must be integers "0", "1", ...'
+        ) from exc
+    channels = [str(names[k]) for k in order]
     ending = str(meta.get("file_ending", ".nii.gz"))
-    labels, regions = _nnunet_labels(meta["labels"], folder / "dataset.json")
+    labels, regions = _nnunet_labels(raw_labels, where)
     images_dir = folder / "imagesTr"
     suffix0 = f"_{int(order[0]):04d}{ending}"
     ids = sorted(p.name[: -len(suffix0)] for p in images_dir.glob(f"*{suffix0}"))

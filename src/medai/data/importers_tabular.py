@@ -7,6 +7,7 @@ medai manifest) and calls the right importer.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import yaml
 
 from medai.data.importers import (
     _clean,
+    _read_csv,
     _read_json,
     _stem,
     import_brats,
     import_msd,
     import_nnunet_raw,
+    typed_import_errors,
 )
 from medai.data.manifest import Case, Dataset, Splits, TaskType
 from medai.errors import DatasetError
@@ -97,6 +100,7 @@ def _dh_case(
     )
 
 
+@typed_import_errors
 def import_deephealth_yaml(path: str | Path) -> Dataset:
     """Import a DeepHealth Toolkit Dataset Format YAML file.
 
@@ -122,6 +126,12 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
     classes = [str(c) for c in meta.get("classes") or []]
     features = [str(f) for f in meta.get("features") or []]
     entries = [e if isinstance(e, dict) else {"location": e} for e in meta["images"]]
+    nowhere = [i for i, e in enumerate(entries) if not isinstance(e.get("location"), str | list)]
+    if nowhere:
+        raise DatasetError(
+            f"{path}: images {nowhere[:5]} have no 'location'; give each image a path "
+            "(or a list of paths, one per channel)"
+        )
     n_channels = {len(e["location"]) if isinstance(e.get("location"), list) else 1 for e in entries}
     if len(n_channels) != 1:
         raise DatasetError(f"{path}: images have different numbers of locations {n_channels}")
@@ -140,7 +150,7 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
         splits = Splits.model_validate(
             {_DH_SPLITS[k]: [ids[int(i)] for i in v] for k, v in (meta.get("split") or {}).items()}
         )
-    except (KeyError, IndexError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise DatasetError(
             f"{path}: bad 'split' ({exc}); use training/validation/test index lists"
         ) from exc
@@ -156,6 +166,7 @@ def import_deephealth_yaml(path: str | Path) -> Dataset:
 
 
 # -- CSV ------------------------------------------------------------------------------
+@typed_import_errors
 def import_csv(
     path: str | Path,
     path_column: str = "path",
@@ -174,7 +185,7 @@ def import_csv(
         DatasetError: If a named column is missing.
     """
     path = Path(path).resolve()
-    table = pd.read_csv(path)
+    table = _read_csv(path)
     for column in (path_column, label_column, patient_column):
         if column is not None and column not in table.columns:
             raise DatasetError(f"{path}: no column {column!r}; columns are {list(table.columns)}")
@@ -200,6 +211,7 @@ def import_csv(
 
 
 # -- one folder per class -------------------------------------------------------------
+@typed_import_errors
 def import_class_folders(folder: str | Path) -> Dataset:
     """Import ``folder/<class name>/<image files>`` as a classification dataset.
 
@@ -230,6 +242,7 @@ def _medmnist_image(array: np.ndarray) -> ScalarImage:
     return ScalarImage(data.transpose(2, 1, 0))
 
 
+@typed_import_errors
 def import_medmnist_npz(path: str | Path, *, out_dir: str | Path | None = None) -> Dataset:
     """Import a MedMNIST ``.npz`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``).
 
@@ -243,14 +256,19 @@ def import_medmnist_npz(path: str | Path, *, out_dir: str | Path | None = None) 
     """
     path = Path(path).resolve()
     out = Path(out_dir).resolve() if out_dir else path.parent / f"{path.stem}_images"
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: not a MedMNIST .npz archive ({exc})") from exc
     cases: list[Case] = []
     split_ids: dict[str, list[str]] = {}
     n_classes, rgb = 0, False
     for prefix, split in (("train", "train"), ("val", "validation"), ("test", "test")):
         if f"{prefix}_images" not in arrays:
             continue
+        if f"{prefix}_labels" not in arrays:
+            raise DatasetError(f"{path}: '{prefix}_images' has no '{prefix}_labels' array")
         images, labels = (
             arrays[f"{prefix}_images"],
             arrays[f"{prefix}_labels"].reshape(len(arrays[f"{prefix}_images"]), -1),
@@ -297,6 +315,7 @@ def _import_folder(folder: Path) -> Dataset:
     )
 
 
+@typed_import_errors
 def import_dataset(path: str | Path) -> Dataset:
     """Import whatever ``path`` holds, detecting its format.
 
@@ -320,7 +339,10 @@ def import_dataset(path: str | Path) -> Dataset:
     if name.endswith(".csv"):
         return import_csv(path)
     if name.endswith((".yaml", ".yml", ".json")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise DatasetError(f"{path}: not readable YAML/JSON ({exc}); fix its syntax") from exc
         if isinstance(data, dict) and "cases" in data:
             return Dataset.load(path)
         return import_deephealth_yaml(path)

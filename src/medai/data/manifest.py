@@ -23,14 +23,38 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medai.errors import DatasetError
+from medai.data.semantics import resolve_regions
+from medai.errors import ConfigError, DatasetError, validation_summary
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.io import read_image, read_label
 
-__all__ = ["SPLIT_NAMES", "Case", "Dataset", "Splits", "TaskType", "region_masks"]
+__all__ = ["SPLIT_NAMES", "Case", "Dataset", "Split", "Splits", "TaskType", "region_masks"]
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test", "external")
+
+class Split(StrEnum):
+    """The named splits of a dataset."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+    EXTERNAL = "external"
+
+    @classmethod
+    def parse(cls, value: Split | str) -> Split:
+        """``Split(value)``, or a :class:`ConfigError` naming the choices.
+
+        Raises:
+            ConfigError: If ``value`` names no split.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(s.value for s in cls)
+            raise ConfigError(f"split must be one of {choices}; got {value!r}") from None
+
+
+SPLIT_NAMES: tuple[str, ...] = tuple(s.value for s in Split)
 
 Target = str | float | list[str]
 
@@ -174,24 +198,32 @@ class Dataset(BaseModel):
                 return case
         raise DatasetError(f"dataset {self.name!r} has no case {case_id!r}")
 
-    def split_cases(self, split: str) -> list[Case]:
-        """The cases of ``split`` (one of ``train``, ``validation``, ``test``, ``external``)."""
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {SPLIT_NAMES}; got {split!r}")
-        return [self.case(i) for i in getattr(self.splits, split)]
+    def split_cases(self, split: Split | str) -> list[Case]:
+        """The cases of ``split`` (one of ``train``, ``validation``, ``test``, ``external``).
+
+        Raises:
+            ConfigError: If ``split`` names no split.
+        """
+        return [self.case(i) for i in getattr(self.splits, Split.parse(split).value)]
+
+    def segmentation_regions(self) -> dict[str, list[int]]:
+        """The regions a model is trained and scored on: the declared ones, else the
+        brain-tumour regions when the label names say so, else one per foreground label
+        (:func:`medai.data.semantics.resolve_regions`)."""
+        return resolve_regions(self.labels, self.regions)
 
     # -- images ---------------------------------------------------------------------
     def load_case_image(self, case: Case) -> ScalarImage:
         """The case's image with channels in :attr:`channels` order.
 
         Raises:
-            DatasetError: If a channel is missing, the channel count is wrong, or the
+            DatasetError: If a file or channel is missing, the channel count is wrong, or the
                 channel files are not on one grid.
             ImageReadError: If a file cannot be read.
         """
         image: ScalarImage
         if case.image is not None:
-            image = read_image(case.image)
+            image = read_image(_existing(case, case.image, "image"))
             if image.num_channels != len(self.channels):
                 raise DatasetError(
                     f"case {case.case_id!r}: {case.image} has {image.num_channels} channels; "
@@ -206,7 +238,10 @@ class Dataset(BaseModel):
         missing = [c for c in self.channels if c not in case.channels]
         if missing:
             raise DatasetError(f"case {case.case_id!r}: missing channel(s) {missing}")
-        parts: list[ScalarImage] = [read_image(case.channels[name]) for name in self.channels]
+        parts: list[ScalarImage] = [
+            read_image(_existing(case, case.channels[name], f"channel {name!r}"))
+            for name in self.channels
+        ]
         for name, part in zip(self.channels, parts, strict=True):
             if not part.same_grid(parts[0]):
                 raise DatasetError(
@@ -218,10 +253,14 @@ class Dataset(BaseModel):
         return ScalarImage(array, parts[0].affine, meta={"source": str(case.channels)})
 
     def load_case_label(self, case: Case) -> LabelMap | None:
-        """The case's segmentation, or ``None`` when it has none."""
+        """The case's segmentation, or ``None`` when it has none.
+
+        Raises:
+            DatasetError: If the label file named in the manifest does not exist.
+        """
         if case.label is None:
             return None
-        label = read_label(case.label)
+        label = read_label(_existing(case, case.label, "label"))
         label.meta["case_id"] = case.case_id
         return label
 
@@ -265,7 +304,19 @@ class Dataset(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise DatasetError(f"{path}: invalid manifest: {exc}") from exc
+            raise DatasetError(
+                f"{path}: invalid manifest: {validation_summary(exc)}; fix the file"
+            ) from exc
+
+
+def _existing(case: Case, path: Path, what: str) -> Path:
+    """``path`` if it exists, else a :class:`DatasetError` naming the case and the fix."""
+    if not Path(path).exists():
+        raise DatasetError(
+            f"case {case.case_id!r}: {what} file {path} does not exist; fix the path in the "
+            "manifest (or run `medai data check` to list every missing file)"
+        )
+    return Path(path)
 
 
 def _relative(path: str, root: Path) -> str:

@@ -7,6 +7,7 @@ picture, anterior up) after reorienting to RAS, whatever the file's orientation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,19 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from medai.errors import ConfigError, GeometryError
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
 
-__all__ = ["PANEL_PIXELS", "render_case_png"]
+__all__ = ["PANEL_PIXELS", "Overlay", "render_case_png"]
+
+
+class Overlay(StrEnum):
+    """How the label is drawn over the image."""
+
+    CONTOUR = "contour"  # outlines; the contrast stays visible
+    FILL = "fill"  # semi-transparent colour
+
 
 #: Width and height of one panel in pixels; the PNG is (channels × PANEL_PIXELS) × PANEL_PIXELS.
 PANEL_PIXELS = 256
@@ -58,7 +68,9 @@ def _contours(axis: Any, label: np.ndarray) -> None:
         axis.contour(mask, levels=[0.5], colors=[_colour(value)], linewidths=1.2)
 
 
-def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str, overlay: str) -> None:
+def _panel(
+    axis: Any, data: np.ndarray, label: np.ndarray | None, title: str, overlay: Overlay
+) -> None:
     low, high = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
     axis.imshow(
         data[::-1].T,
@@ -69,7 +81,7 @@ def _panel(axis: Any, data: np.ndarray, label: np.ndarray | None, title: str, ov
         interpolation="nearest",
         aspect="auto",
     )
-    if label is not None and np.any(label) and overlay == "contour":
+    if label is not None and np.any(label) and overlay is Overlay.CONTOUR:
         _contours(axis, label)
     elif label is not None and np.any(label):
         values = np.unique(label[label != 0])
@@ -113,7 +125,7 @@ def render_case_png(
     channel_names: Sequence[str] | None = None,
     slice_index: int | None = None,
     label_names: Mapping[int, str] | None = None,
-    overlay: str = "contour",
+    overlay: Overlay | str = Overlay.CONTOUR,
 ) -> Path:
     """Write a PNG with one axial slice per channel, the label overlaid on each.
 
@@ -132,8 +144,9 @@ def render_case_png(
         ``path``. The picture is ``channels × 256`` by ``256`` pixels.
 
     Raises:
-        ValueError: If the label is on another grid, the names do not match the
-            channels, or the slice index is out of range.
+        ValueError: If the names do not match the channels or ``overlay`` is unknown.
+        GeometryError: If the label is on another grid.
+        ConfigError: If the slice index is out of range.
     """
     if not isinstance(image, Image):
         raise TypeError(f"image must be a ScalarImage; got {type(image).__name__}")
@@ -144,16 +157,18 @@ def render_case_png(
     )
     if len(names) != image.num_channels:
         raise ValueError(f"channel_names has {len(names)} names for {image.num_channels} channels")
-    if overlay not in ("contour", "fill"):
-        raise ValueError(f"overlay must be 'contour' or 'fill'; got {overlay!r}")
+    style = Overlay(overlay)
     if label is not None and not label.same_grid(image):
-        raise ValueError("label is not on the image's grid (shape or affine differ); resample it")
+        raise GeometryError(
+            "label is not on the image's grid (shape or affine differ); resample it onto the "
+            "image (or run `medai data check` to find such cases)"
+        )
     data = _to_ras(image.array.astype(np.float32), image.affine)
     lab = _to_ras(label.array, label.affine)[0] if label is not None else None
     depth = data.shape[3]
     k = _slice_index(lab, depth) if slice_index is None else slice_index
     if not 0 <= k < depth:
-        raise ValueError(f"slice_index {k} outside 0..{depth - 1}")
+        raise ConfigError(f"slice index {k} is outside 0..{depth - 1}; choose one in that range")
     inches = PANEL_PIXELS / _DPI
     fig, axes = plt.subplots(
         1,
@@ -166,7 +181,7 @@ def render_case_png(
     try:
         fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0, hspace=0)
         for c, (axis, name) in enumerate(zip(axes[0], names, strict=True)):
-            _panel(axis, data[c, :, :, k], None if lab is None else lab[:, :, k], name, overlay)
+            _panel(axis, data[c, :, :, k], None if lab is None else lab[:, :, k], name, style)
         if label_names:
             _legend(axes[0][-1], label_names)
         path = Path(path)

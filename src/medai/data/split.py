@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medai.data.manifest import Case, Dataset, Splits
-from medai.errors import DatasetError
+from medai.errors import ConfigError, DatasetError
 
 __all__ = ["split_dataset"]
 
@@ -38,7 +38,7 @@ def _check_column(ds: Dataset, column: str, argument: str) -> None:
         return
     if not any(column in c.clinical for c in ds.cases):
         known = sorted({k for c in ds.cases for k in c.clinical})
-        raise ValueError(
+        raise ConfigError(
             f"{argument}={column!r}: no case has this clinical column; known columns: {known}"
         )
 
@@ -53,11 +53,14 @@ def _patients(ds: Dataset) -> dict[str, list[Case]]:
 def _validate(test: float, validation: float, folds: int) -> None:
     for name, value in (("test", test), ("validation", validation)):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be a fraction in [0, 1); got {value}")
+            raise ConfigError(f"{name} must be a fraction in [0, 1), e.g. 0.2; got {value}")
     if test + validation >= 1.0:
-        raise ValueError(f"test + validation must leave cases to train on; got {test + validation}")
+        raise ConfigError(
+            f"test + validation = {test + validation:g} leaves no case to train on; "
+            "make the two fractions sum to less than 1"
+        )
     if folds < 0 or folds == 1:
-        raise ValueError(f"folds must be 0 (none) or at least 2; got {folds}")
+        raise ConfigError(f"folds must be 0 (none) or at least 2; got {folds}")
 
 
 def split_dataset(
@@ -86,7 +89,7 @@ def split_dataset(
         seed: Seed of the shuffle; recorded in the splits.
 
     Raises:
-        ValueError: If a fraction is out of range or a column is unknown.
+        ConfigError: If a fraction is out of range or a column is unknown.
         DatasetError: If the external site has no patient or leaves none to train on.
     """
     _validate(test, validation, folds)

@@ -1,28 +1,35 @@
 """The one adapter between the dataset layer and the segmentation pipeline.
 
-:func:`as_cohort` turns a ``medai.data.Dataset`` (anything with ``cases`` and
-``load_case_image``/``load_case_label``) or an MSD-layout folder (``dataset.json``,
-``imagesTr``, ``labelsTr``) into a :class:`SegCohort`: case ids, channel names,
-labels, regions, the train/test split, and loaders returning geometry-carrying images.
+:func:`as_cohort` turns a ``medai.data.Dataset``, or any path
+:func:`medai.data.import_dataset` reads (an MSD folder, a saved manifest, a BraTS or
+nnU-Net folder), into a :class:`SegCohort`: case ids, channel names, labels, regions,
+the train/validation/test split, and loaders returning geometry-carrying images.
+Parsing and label semantics belong to the data layer: one ``dataset.json`` parser
+(:func:`medai.data.import_msd`) and one region rule
+(:func:`medai.data.resolve_regions`), used here as everywhere else.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medai.data import Case, Dataset, TaskType, import_dataset
+from medai.data.semantics import MSD_BRAIN_REGIONS
 from medai.errors import DatasetError
 from medai.fsutil import file_sha256
 from medai.image import LabelMap, ScalarImage
-from medai.io import read_nifti
 
 __all__ = ["BRATS_REGIONS", "SegCase", "SegCohort", "as_cohort"]
 
-BRATS_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+#: The nested WT/TC/ET regions in MSD numbering: the data layer's
+#: :data:`medai.data.MSD_BRAIN_REGIONS` under the name this package has exported.
+BRATS_REGIONS: dict[str, list[int]] = MSD_BRAIN_REGIONS
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class SegCase:
     load_image: Callable[[], ScalarImage]
     load_label: Callable[[], LabelMap | None]
     content_key: Callable[[], str]
+    has_label: bool = True
 
 
 @dataclass
@@ -59,96 +67,105 @@ class SegCohort:
             raise DatasetError(f"case ids not in the cohort: {missing[:5]}")
         return [by_id[i] for i in ids]
 
+    def require_labels(self, ids: Sequence[str]) -> None:
+        """Check that every case in ``ids`` has a label (before any slow work starts).
 
-def _paths_key(*paths: Path) -> Callable[[], str]:
-    def key() -> str:
-        return "-".join(file_sha256(p)[:16] for p in paths)
-
-    return key
-
-
-def _msd_cohort(root: Path) -> SegCohort:
-    meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise DatasetError(f"{root}: no dataset.json; pass an MSD-layout folder or a Dataset")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    modality = meta.get("modality") or {"0": "image"}
-    channels = [str(modality[k]) for k in sorted(modality, key=int)]
-    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    cases = []
-    for entry in meta.get("training", []):
-        image = (root / entry["image"]).resolve()
-        label = (root / entry["label"]).resolve()
-        case_id = image.name.split(".")[0]
-        cases.append(
-            SegCase(
-                case_id,
-                partial(read_nifti, image, kind=ScalarImage),
-                partial(read_nifti, label, kind=LabelMap),
-                _paths_key(image, label),
+        Raises:
+            DatasetError: Naming the unlabelled cases and what to do about them.
+        """
+        unlabelled = [c.case_id for c in self.subset(list(ids)) if not c.has_label]
+        if unlabelled:
+            raise DatasetError(
+                f"{len(unlabelled)} case(s) have no label, e.g. {unlabelled[:5]}; training "
+                "needs a label for every training and validation case: add 'label' to those "
+                "manifest entries or move them to the test split (`medai data split`)"
             )
+
+
+def _hash_files(case_id: str, paths: tuple[Path, ...]) -> str:
+    """The case's content key: the start of each file's SHA-256."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"case {case_id!r}: file {missing[0]} does not exist; fix the path in the "
+            "manifest (or run `medai data check` to list every missing file)"
         )
-    if not cases:
-        raise DatasetError(f"{meta_path}: 'training' lists no case")
-    return SegCohort(cases, channels, labels, _default_regions(labels))
+    return "-".join(file_sha256(p)[:16] for p in paths)
 
 
-def _default_regions(labels: dict[int, str]) -> dict[str, list[int]]:
-    if sorted(labels) == [0, 1, 2, 3]:
-        return {k: list(v) for k, v in BRATS_REGIONS.items()}
-    return {name.upper()[:16] or f"L{k}": [k] for k, name in labels.items() if k != 0}
+def _label_values(label: LabelMap) -> set[int]:
+    data = label.array
+    if data.dtype.kind in "ui" and data.size and data.min() >= 0 and data.max() < 2**16:
+        return {int(v) for v in np.flatnonzero(np.bincount(data.ravel()))}
+    return {int(v) for v in np.unique(data)}
 
 
-def _dataset_cohort(dataset: Any) -> SegCohort:
+def _checked_label(dataset: Dataset, case: Case, declared: frozenset[int]) -> LabelMap | None:
+    """The case's label map; its values must be declared labels of the dataset."""
+    label = dataset.load_case_label(case)
+    if label is None or not declared:
+        return label
+    unknown = sorted(_label_values(label) - declared)
+    if unknown:
+        raise DatasetError(
+            f"case {case.case_id!r}: label file {case.label} holds values {unknown} that "
+            f"dataset {dataset.name!r} does not declare (declared: {sorted(declared)}); "
+            "declare them under 'labels' in the manifest, or fix the label file"
+        )
+    return label
+
+
+def _dataset_cohort(dataset: Dataset) -> SegCohort:
     """From a ``medai.data.Dataset`` (cases, channels, labels, regions, splits)."""
-    cases = []
-    for case in dataset.cases:
-        files = [Path(f) for f in case.files()] if hasattr(case, "files") else []
-        key = _paths_key(*files) if files else partial(str, case.case_id)
-        cases.append(
-            SegCase(
-                str(case.case_id),
-                partial(dataset.load_case_image, case),
-                partial(dataset.load_case_label, case),
-                key,
-            )
+    if dataset.task is not TaskType.SEGMENTATION:
+        raise DatasetError(
+            f"dataset {dataset.name!r} is a {dataset.task.value} dataset; segmentation "
+            "needs label maps (task: segmentation, with 'label' files and declared 'labels')"
         )
-    if not cases:
-        raise DatasetError(f"dataset {getattr(dataset, 'name', '?')!r} has no case")
-    labels = {int(k): str(v) for k, v in dict(dataset.labels).items()}
-    regions = dict(dataset.regions or {}) or _default_regions(labels)
+    if not dataset.cases:
+        raise DatasetError(f"dataset {dataset.name!r} has no case")
+    regions = dataset.segmentation_regions()
+    if not regions:
+        raise DatasetError(
+            f"dataset {dataset.name!r} declares no foreground label; add e.g. "
+            "'labels: {0: background, 1: tumour}' to its manifest"
+        )
+    declared = frozenset(int(k) for k in dataset.labels)
+    cases = [
+        SegCase(
+            case.case_id,
+            partial(dataset.load_case_image, case),
+            partial(_checked_label, dataset, case, declared),
+            partial(_hash_files, case.case_id, tuple(case.files())),
+            has_label=case.label is not None,
+        )
+        for case in dataset.cases
+    ]
     splits = dataset.splits
     return SegCohort(
         cases,
         list(dataset.channels),
-        labels,
-        {str(k): [int(x) for x in v] for k, v in regions.items()},
-        train_ids=[str(i) for i in getattr(splits, "train", [])],
-        val_ids=[str(i) for i in getattr(splits, "validation", [])],
-        test_ids=[str(i) for i in getattr(splits, "test", [])],
+        {int(k): str(v) for k, v in dataset.labels.items()},
+        regions,
+        train_ids=list(splits.train),
+        val_ids=list(splits.validation),
+        test_ids=list(splits.test),
     )
 
 
 def as_cohort(source: Any) -> SegCohort:
     """A :class:`SegCohort` from a path (MSD folder, a saved ``Dataset`` manifest, or
-    any folder :func:`medai.data.import_dataset` understands) or a dataset object.
+    any folder :func:`medai.data.import_dataset` understands) or a ``Dataset``.
 
     Raises:
-        DatasetError: If the source holds no usable cases.
+        DatasetError: If the source is not a dataset, is not a segmentation dataset, or
+            declares no foreground label.
+        TypeError: If ``source`` is neither a path, a ``Dataset`` nor a ``SegCohort``.
     """
     if isinstance(source, SegCohort):
         return source
     if isinstance(source, str | Path):
-        root = Path(source)
-        if root.is_dir() and (root / "dataset.json").is_file():
-            meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-            if "training" in meta:
-                return _msd_cohort(root)
-        from medai.data import Dataset, import_dataset
-
-        if root.is_file():
-            return _dataset_cohort(Dataset.load(root))
-        return _dataset_cohort(import_dataset(root))
-    if hasattr(source, "cases") and hasattr(source, "load_case_image"):
+        return _dataset_cohort(import_dataset(Path(source)))
+    if isinstance(source, Dataset):
         return _dataset_cohort(source)
-    raise TypeError(f"source must be a folder or a Dataset; got {type(source).__name__}")
+    raise TypeError(f"source must be a path or a Dataset; got {type(source).__name__}")

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from medai.data.manifest import Case, Dataset, Splits
+from medai.errors import ConfigError
 from medai.fsutil import atomic_path, atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.io import read_label
@@ -149,12 +150,12 @@ def extract_dataset(
         gets ``status`` ``"failed: <reason>"`` on each of its rows.
 
     Raises:
-        ValueError: On an unknown mask source, split, region or channel, a bad
+        ConfigError: On an unknown mask source, split, region or channel, a bad
             ``workers``, or ``masks="predicted"`` without an existing ``predictions_dir``.
     """
     source = _mask_source(masks, predictions_dir)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1; got {workers!r}")
     s = settings or RadiomicsSettings()
     region_map = _select_regions(dataset, regions)
     channel_map = _select_channels(dataset, channels)
@@ -188,24 +189,22 @@ def _mask_source(masks: MaskSource | str, predictions_dir: str | Path | None) ->
     try:
         source = MaskSource(masks)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"masks must be one of {[m.value for m in MaskSource]}; got {masks!r}"
         ) from None
     if source is MaskSource.PREDICTED:
         if predictions_dir is None:
-            raise ValueError(
+            raise ConfigError(
                 "masks='predicted' needs predictions_dir: the folder of <case_id>.nii.gz "
                 "label maps written by `medai predict`"
             )
         if not Path(predictions_dir).is_dir():
-            raise ValueError(f"predictions_dir {str(predictions_dir)!r} is not a folder")
+            raise ConfigError(f"predictions_dir {str(predictions_dir)!r} is not a folder")
     return source
 
 
 def _select_regions(dataset: Dataset, regions: Sequence[str] | None) -> dict[str, list[int]]:
-    available = dict(dataset.regions) or {
-        name: [value] for value, name in sorted(dataset.labels.items()) if value != 0
-    }
+    available = dataset.segmentation_regions()  # the data layer's one region rule
     if not available:
         available = {"foreground": []}  # every label > 0
     if regions is None:
@@ -214,7 +213,7 @@ def _select_regions(dataset: Dataset, regions: Sequence[str] | None) -> dict[str
         regions = [regions]
     unknown = [r for r in regions if r not in available]
     if unknown or not regions:
-        raise ValueError(
+        raise ConfigError(
             f"regions {list(regions)}: unknown {unknown}; dataset {dataset.name!r} has "
             f"regions {list(available)}"
         )
@@ -230,14 +229,14 @@ def _select_channels(dataset: Dataset, channels: Sequence[str] | None) -> dict[s
     chosen: dict[str, int] = {}
     for wanted in channels:
         if wanted.lower() not in lower:
-            raise ValueError(
+            raise ConfigError(
                 f"channel {wanted!r} is not in dataset {dataset.name!r}; "
                 f"choose from {dataset.channels}"
             )
         name, index = lower[wanted.lower()]
         chosen[name] = index
     if not chosen:
-        raise ValueError(f"channels is empty; choose from {dataset.channels}")
+        raise ConfigError(f"channels is empty; choose from {dataset.channels}")
     return chosen
 
 
