@@ -62,3 +62,53 @@ def make_msd(root: Path, *, cases: int = 4, size: int = 24, seed: int = 0) -> Pa
     }
     (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
+
+
+BRAIN_SEMI_AXES_MM = (21.6, 20.2, 19.2)
+BASE = (1.0, 0.8, 0.9, 1.1)  # FLAIR, T1w, t1gd, T2w of normal brain (× 100)
+BUMPS = {1: (0.8, -0.1, 0.0, 0.9), 2: (0.3, -0.4, 0.1, 0.5), 3: (0.2, 0.0, 1.2, 0.3)}
+
+
+def grid_affine(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], rotation: np.ndarray
+) -> np.ndarray:
+    """Affine of a grid whose axes are the columns of ``rotation`` (times ``spacing``),
+    centred on the world origin."""
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(spacing)
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    return affine
+
+
+def world_phantom(
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    tumour_mm: tuple[float, float, float] = (4.0, -3.0, 3.0),
+    noise: float = 0.02,
+    seed: int = 0,
+) -> tuple[ScalarImage, LabelMap]:
+    """The :func:`phantom` brain and tumour defined in world millimetres, sampled at the
+    voxel centres of any grid ``(shape, affine)``: oblique, anisotropic, flipped.
+
+    Radii: whole tumour 12 mm, core 7 mm, enhancing shell 4–7 mm (the default centre
+    keeps the tumour, even moved by 2 mm, inside the brain); ``noise`` is the standard
+    deviation relative to the normal-brain intensity; intensities are integers (so a
+    DICOM round trip is exact), 0 outside the brain.
+    """
+    ijk = np.indices(shape).reshape(3, -1).astype(np.float64)
+    world = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape(3, *shape)
+    brain = sum((world[i] / BRAIN_SEMI_AXES_MM[i]) ** 2 for i in range(3)) <= 1.0
+    r = np.sqrt(sum((world[i] - tumour_mm[i]) ** 2 for i in range(3)))
+    label = np.zeros(shape, np.uint8)
+    label[(r <= 12.0) & brain] = 1
+    label[r <= 7.0] = 2
+    label[(r <= 7.0) & (r > 4.0)] = 3
+    rng = np.random.default_rng(seed)
+    image = np.zeros((4, *shape), np.float32)
+    for c in range(4):
+        chan = BASE[c] + noise * rng.standard_normal(shape)
+        for lab, deltas in BUMPS.items():
+            chan[label == lab] += deltas[c]
+        image[c] = np.where(brain, np.round(100 * chan), 0.0)
+    return ScalarImage(image, affine), LabelMap(label, affine)

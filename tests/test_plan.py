@@ -7,16 +7,60 @@ from pathlib import Path
 import pytest
 
 from _seg_cohort import make_msd
-from medai.preprocess import Plan, apply_overrides, load_plan, parse_duration, save_plan
+from medai.errors import ConfigError, PlanError
+from medai.preprocess import (
+    Architecture,
+    LossKind,
+    Plan,
+    apply_overrides,
+    load_plan,
+    parse_duration,
+    parse_overrides,
+    save_plan,
+)
 from medai.training import lr_at, split_train_val
 from medai.training.planner import _choose_network, make_plan
 
 
 def test_defaults_round_trip_yaml(tmp_path: Path) -> None:
     plan = Plan()
-    back = load_plan(save_plan(plan, tmp_path / "plan.yaml"))
+    path = save_plan(plan, tmp_path / "plan.yaml")
+    back = load_plan(path)
     assert back == plan
     assert plan.train.time_budget_s == 600.0
+    text = path.read_text("utf-8")  # closed sets are saved as plain strings
+    assert "architecture: unet\n" in text
+    assert "loss: dice_ce\n" in text
+    assert back.network.architecture is Architecture.UNET
+    assert back.train.loss is LossKind.DICE_CE
+
+
+def test_load_plan_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    with pytest.raises(PlanError, match="not found; write one with `medai plan DATASET"):
+        load_plan(path)
+    path.write_text("train:\n  loss: focal\n  lr: 0.01\n", "utf-8")
+    with pytest.raises(
+        PlanError, match=r"train\.loss: Input should be 'dice_ce' or 'dice_focal' \(got 'focal'\)"
+    ):
+        load_plan(path)
+    path.write_text("train:\n  lr: 0.01\n", "utf-8")  # a partial plan: the rest defaults
+    assert load_plan(path) == apply_overrides(Plan(), ["train.lr=0.01"])
+    path.write_text("network: {architecture: segresnet, depth: 4}\n", "utf-8")
+    assert load_plan(path).network.architecture is Architecture.SEGRESNET
+
+
+def test_parse_overrides_file_then_strings(tmp_path: Path) -> None:
+    config = tmp_path / "over.yaml"
+    config.write_text("train: {lr: 0.01, batch_size: 4}\ninference.tta_flips: true\n", "utf-8")
+    got = parse_overrides(["train.lr=0.002"], config=config)
+    assert got == {"train.lr": 0.002, "train.batch_size": 4, "inference.tta_flips": True}
+    with pytest.raises(PlanError, match="unknown plan field 'lrr'; fields of train: amp"):
+        parse_overrides(["train.lrr=1"])
+    with pytest.raises(PlanError, match="unknown plan field '7'; fields of labels: 0, 1"):
+        parse_overrides(["labels.7=x"])
+    with pytest.raises(PlanError, match=r"override file .*none\.yaml not found"):
+        parse_overrides(config=tmp_path / "none.yaml")
 
 
 def test_overrides_strings_mapping_and_errors() -> None:
@@ -26,11 +70,11 @@ def test_overrides_strings_mapping_and_errors() -> None:
     nested = apply_overrides(Plan(), {"train": {"batch_size": 4}, "inference.tta_flips": True})
     assert nested.train.batch_size == 4
     assert nested.inference.tta_flips is True
-    with pytest.raises(ValueError, match="unknown plan field 'lrr'"):
+    with pytest.raises(PlanError, match="unknown plan field 'lrr'"):
         apply_overrides(Plan(), ["train.lrr=1"])
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(PlanError, match="multiple of 16"):
         apply_overrides(Plan(), ["train.patch_size=[24,24,24]"])
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(PlanError, match=r"network\.architecture: Input should be 'unet', "):
         apply_overrides(Plan(), ["network.architecture=resnet"])
 
 
@@ -39,8 +83,11 @@ def test_parse_duration() -> None:
     assert parse_duration("90s") == 90.0
     assert parse_duration("1.5h") == 5400.0
     assert parse_duration(30) == 30.0
-    with pytest.raises(ValueError, match="10m"):
+    with pytest.raises(ConfigError, match="10m"):
         parse_duration("ten minutes")
+    for bad in ("0", "-1h", "nan", "inf"):
+        with pytest.raises(ConfigError, match="positive"):
+            parse_duration(bad)
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:

@@ -65,3 +65,8 @@ def validation_summary(exc: Exception) -> str:
             message += f" (got {given!r})"
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+class ImageWriteError(MedaiError, ValueError):
+    """An image the chosen format cannot hold (several channels to DICOM, a volume to PNG,
+    NaN to DICOM), or a target that is taken."""

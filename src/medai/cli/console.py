@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,11 +50,27 @@ def progress() -> Progress:
     )
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as one line (a message that spans lines is joined with "; ")."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn medai's own errors (and bad values) into one red line and exit code 2."""
+    """Turn what a user can cause into one red line and exit code 2.
+
+    That is a :class:`~medai.errors.MedaiError` (bad input, a bad file, a bad setting)
+    or an ``OSError`` (a path that is missing, unreadable or not writable). Anything
+    else, bare ``ValueError`` and ``TypeError`` included, is a programming error and
+    shows its traceback.
+    """
     try:
         yield
-    except (MedaiError, ValueError, TypeError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+    except (MedaiError, OSError) as exc:
+        err_console.print(
+            f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=2) from exc

@@ -19,6 +19,7 @@ from medai.data import (
     render_case_png,
     split_dataset,
 )
+from medai.errors import ConfigError
 from medai.fsutil import atomic_write_text
 
 data_app = typer.Typer(
@@ -140,7 +141,7 @@ def split_cmd(
         )
         target = out or path or (manifest / "dataset.yaml" if manifest.is_dir() else None)
         if target is None:
-            raise ValueError(f"{manifest} is not a manifest; say where to write one with --out")
+            raise ConfigError(f"{manifest} is not a manifest; say where to write one with --out")
         ds.save(target)
     console.print(_summary(ds))
     console.print(f"wrote [bold]{target}[/]")

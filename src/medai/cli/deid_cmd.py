@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, err_console, progress, user_errors
+from medai.errors import ConfigError
 from medai.io.deid import KEY_ENV_VAR, generate_key, load_key
 from medai.io.deid_files import DeidReport, deidentify_path
 
@@ -27,7 +28,7 @@ def _parse_allow(values: list[str]) -> list[tuple[str, int]]:
         except ValueError:
             byte = -1
         if not sep or not creator.strip() or not 0 <= byte <= 0xFF:
-            raise ValueError(
+            raise ConfigError(
                 f"--allow-private {value!r}: expected CREATOR:ELEMENT with ELEMENT the "
                 "element byte in hex, e.g. 'SIEMENS CSA HEADER:10'"
             )
@@ -37,9 +38,9 @@ def _parse_allow(values: list[str]) -> list[tuple[str, int]]:
 
 def _new_key_file(path: Path | None) -> Path:
     if path is None:
-        raise ValueError("--generate-key needs --key-file F: the file to write the new key to")
+        raise ConfigError("--generate-key needs --key-file F: the file to write the new key to")
     if path.exists():
-        raise ValueError(
+        raise ConfigError(
             f"key file {path} already exists; drop --generate-key to use it, or choose "
             "another path (never overwrite a project key: earlier outputs depend on it)"
         )

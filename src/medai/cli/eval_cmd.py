@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, progress, user_errors
+from medai.cli.options import parse_device, parse_eval_split
 
 if TYPE_CHECKING:
     from medai.evaluation.run_report import EvaluationResult
@@ -50,9 +51,10 @@ def evaluate_cmd(
     from medai.evaluation.run_report import evaluate_run
 
     with user_errors(), progress() as bar:
+        chosen, device = parse_eval_split(split), parse_device(device)
         task = bar.add_task("predicting and scoring", total=None)
         result = evaluate_run(
-            run, split=split, out_dir=out, dataset=dataset, n_resamples=n_resamples,
+            run, split=chosen.value, out_dir=out, dataset=dataset, n_resamples=n_resamples,
             seed=seed, tolerance_mm=tolerance, min_subgroup_cases=min_subgroup, device=device,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, progress, user_errors
-from medai.errors import ImageReadError
+from medai.errors import ConfigError, ImageReadError
 from medai.image import Image
 from medai.io import find_series, read_image, write_dicom_series, write_image
 from medai.io.dicom import SeriesInfo
@@ -131,7 +131,7 @@ def convert(
             image: Image = read_image(source, series_uid=series_uid)
         if _is_image_file(target):
             if target.exists() and not overwrite:
-                raise ValueError(f"{target} exists; pass --overwrite to replace it")
+                raise ConfigError(f"{target} exists; pass --overwrite to replace it")
             write_image(image, target)
             console.print(f"[green]wrote[/] {target} ({image!r})")
             return

@@ -10,6 +10,7 @@ import typer
 
 from medai.cli.console import console, progress, user_errors
 from medai.cli.survival_cmd import survival
+from medai.errors import ConfigError
 
 radiomics_app = typer.Typer(
     help="Radiomics: IBSI features from image + mask, then outcome models.",
@@ -55,9 +56,11 @@ def extract(
     start = time.perf_counter()
     with user_errors():
         if out.suffix.lower() != ".csv":
-            raise ValueError(f"--out must end in .csv; got {out.name!r}")
+            raise ConfigError(f"--out must end in .csv; got {out.name!r}")
         if masks == "predicted" and predictions is None:
-            raise ValueError("--masks predicted needs --predictions DIR (the predicted label maps)")
+            raise ConfigError(
+                "--masks predicted needs --predictions DIR (the predicted label maps)"
+            )
         ds = import_dataset(dataset)
         settings = RadiomicsSettings()
         if all_aggregations:

@@ -8,35 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medai.cli.console import console, progress, user_errors
+from medai.cli.options import parse_device
+from medai.preprocess.plan import parse_duration, parse_overrides
 
 __all__ = ["register_seg_commands"]
 
 
 def _overrides(config: Path | None, sets: list[str] | None) -> dict[str, Any]:
-    from medai.preprocess.plan import _flatten
-
-    out: dict[str, Any] = {}
-    if config is not None:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{config}: override YAML must hold a mapping")
-        out.update(_flatten(data))
-    for text in sets or []:
-        if "=" not in text:
-            raise ValueError(f"--set {text!r} must look like section.field=value")
-        key, raw = text.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
+    return parse_overrides(sets or (), config=config)
 
 
 def _budget(epochs: int | None, time_budget: str | None) -> tuple[int | None, float | None]:
-    from medai.preprocess.plan import parse_duration
-
     seconds = parse_duration(time_budget) if time_budget else None
     if epochs is None and seconds is None:
         seconds = 600.0
@@ -73,9 +59,10 @@ def plan_cmd(
 
     with user_errors():
         ep, secs = _budget(epochs, time_budget)
+        overrides, device = _overrides(config, set_), parse_device(device)
         with console.status("planning") as status:
             plan = make_plan(
-                dataset, overrides=_overrides(config, set_), epochs=ep, time_budget_s=secs,
+                dataset, overrides=overrides, epochs=ep, time_budget_s=secs,
                 device=device, probe=probe, on_progress=lambda m: status.update(m),
             )  # fmt: skip
         save_plan(plan, out)
@@ -153,14 +140,15 @@ def train_cmd(
     main = os.environ.get("RANK", "0") == "0"
     with user_errors():
         ep, secs = _budget(epochs, time_budget)
+        overrides, device = _overrides(config, set_), parse_device(device)
         if plan_path is not None:
             plan = load_plan(plan_path)
             budget: dict[str, Any] = {}
             if epochs is not None or time_budget is not None:
                 budget = {"train.epochs": ep, "train.time_budget_s": secs}
-            plan = apply_overrides(plan, {**budget, **_overrides(config, set_)})
+            plan = apply_overrides(plan, {**budget, **overrides})
         else:
-            plan = make_plan(dataset, overrides=_overrides(config, set_), epochs=ep,
+            plan = make_plan(dataset, overrides=overrides, epochs=ep,
                              time_budget_s=secs, device=device)  # fmt: skip
         if main:
             _show_plan(plan)
@@ -214,7 +202,7 @@ def predict_cmd(
 
     with user_errors():
         t0 = time.perf_counter()
-        loaded = load_run(run, device=device)
+        loaded = load_run(run, device=parse_device(device))
         pred = predict_case(loaded, image, tta=tta, keep_probabilities=probabilities)
         paths = write_prediction(pred, out)
     vols = " ".join(f"{k} {v:.2f} mL" for k, v in pred.volumes_ml.items())

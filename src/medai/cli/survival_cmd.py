@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from medai.cli.console import console, user_errors
+from medai.errors import ConfigError, DatasetError, validation_summary
 
 # Column prefixes of medai's IBSI feature families (``family_feature[_aggregation]``).
 _FEATURE_PREFIXES: tuple[str, ...] = (
@@ -21,18 +23,28 @@ _FEATURE_PREFIXES: tuple[str, ...] = (
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"table {path} not found")
-    if path.suffix.lower() in {".tsv", ".tab"}:
-        return pd.read_csv(path, sep="\t")
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+    try:
+        if path.suffix.lower() in {".tsv", ".tab"}:
+            return pd.read_csv(path, sep="\t")
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable table ({exc}); fix or re-export it") from exc
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--features {pattern!r} is not a regular expression ({exc})") from None
 
 
 def _feature_columns(df: pd.DataFrame, pattern: str | None, exclude: set[str]) -> list[str]:
     """Numeric columns matching ``pattern`` (regex), default the IBSI family prefixes."""
     numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and c not in exclude]
     if pattern:
-        regex = re.compile(pattern)
+        regex = _regex(pattern)
         return [c for c in numeric if regex.search(str(c))]
     # A long table's columns start with the family (``glcm_...``); a wide table's carry
     # ``<region>_<channel>_`` before it (``WT_t1gd_glcm_...``).
@@ -63,18 +75,33 @@ def survival(
     from medai.radiomics.survival_pipeline import SurvivalSettings
 
     with user_errors():
+        try:
+            fields = {"top_k": top_k, "model": model, "folds": folds, "seed": seed}
+            settings = SurvivalSettings.model_validate(fields)
+        except ValidationError as exc:
+            raise ConfigError(f"survival settings: {validation_summary(exc)}") from None
         df = _read_table(features_table)
         if clinical_table is not None:
             clin = _read_table(clinical_table)
             for name, frame in (("features table", df), ("clinical table", clin)):
                 if on not in frame.columns:
-                    raise ValueError(f"--on {on!r} is not a column of the {name}")
+                    raise ConfigError(f"--on {on!r} is not a column of the {name}")
             df = df.merge(clin, on=on, how="inner", suffixes=("", "_clinical"))
+        named = [
+            ("--time", time_col),
+            ("--event", event_col),
+            *(("--clinical", c) for c in clinical),
+        ]
+        for option, column in named:
+            if column not in df.columns:
+                raise ConfigError(
+                    f"{option} {column!r} is not a column of the table(s); columns include "
+                    f"{list(df.columns)[:12]}"
+                )
         exclude = {time_col, event_col, on, *clinical}
         cols = _feature_columns(df, features, exclude)
         if not cols and not clinical:
-            raise ValueError("no feature columns found; pass --features REGEX or --clinical")
-        settings = SurvivalSettings(top_k=top_k)
+            raise ConfigError("no feature columns found; pass --features REGEX or --clinical")
         with console.status(f"fitting {model} on {len(df)} patients, {len(cols)} features"):
             res = fit_survival(
                 df, time_col=time_col, event_col=event_col, features=cols,

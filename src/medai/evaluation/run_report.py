@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medai.data import Dataset, import_dataset
+from medai.data import Dataset, Split, import_dataset
 from medai.data.manifest import Case
-from medai.errors import DatasetError
+from medai.errors import ConfigError, DatasetError
 from medai.evaluation.bootstrap import ConfidenceInterval, bootstrap_mean_ci
 from medai.evaluation.report import Answer, ChecklistItem, ReportSection
 from medai.evaluation.segmentation import compute_segmentation_metrics
@@ -279,7 +279,7 @@ def _ci_json(ci: ConfidenceInterval) -> dict[str, Any]:
         "low": _finite(ci.low),
         "high": _finite(ci.high),
         "confidence": ci.confidence,
-        "method": ci.method,
+        "method": str(ci.method),
         "n_patients": ci.n_clusters,
     }
 
@@ -326,15 +326,15 @@ def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
 
 
 def _check_options(split: str, n_resamples: int, tolerance_mm: float, n_worst: int) -> None:
-    if split == "train":
-        raise ValueError("split='train' would score the model on its own training cases; "
-                         "use 'test', 'validation' or 'external'")  # fmt: skip
+    if Split.parse(split) is Split.TRAIN:
+        raise ConfigError("split='train' would score the model on its own training cases; "
+                          "use 'test', 'validation' or 'external'")  # fmt: skip
     if n_resamples < 100:
-        raise ValueError(f"n_resamples must be >= 100; got {n_resamples}")
+        raise ConfigError(f"n_resamples must be >= 100 for a stable interval; got {n_resamples}")
     if tolerance_mm < 0:
-        raise ValueError(f"tolerance_mm must be >= 0; got {tolerance_mm}")
+        raise ConfigError(f"tolerance_mm must be >= 0; got {tolerance_mm}")
     if n_worst < 0:
-        raise ValueError(f"n_worst must be >= 0; got {n_worst}")
+        raise ConfigError(f"n_worst must be >= 0; got {n_worst}")
 
 
 def evaluate_run(
@@ -379,6 +379,7 @@ def evaluate_run(
             report with ``extra_sections``).
 
     Raises:
+        ConfigError: If an option is out of range or ``split`` is unknown or ``train``.
         DatasetError: If the dataset cannot be found, the split is empty, or a case
             lacks its reference label.
         FileNotFoundError: If the run has no ``model.pt``.

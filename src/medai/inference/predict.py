@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medai.errors import ImageReadError
+from medai.errors import DatasetError, ImageReadError
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.inference.postprocess import postprocess_regions, region_volumes_ml, regions_to_labels
@@ -119,7 +119,10 @@ def predict_case(
     plan = loaded.plan
     img = image if isinstance(image, ScalarImage) else read_study(image, plan.channels)
     if img.num_channels != len(plan.channels):
-        raise ValueError(f"image has {img.num_channels} channels; the model needs {plan.channels}")
+        raise DatasetError(
+            f"image has {img.num_channels} channels; the model needs {len(plan.channels)} "
+            f"({', '.join(plan.channels)}), in that order"
+        )
     pre = preprocess_image(img, plan.preprocess)
     probs = predict_probabilities(
         loaded.model,
@@ -201,7 +204,10 @@ def evaluate_cases(
     for case in cohort.subset(list(case_ids)):
         label = case.load_label()
         if label is None:
-            raise ValueError(f"case {case.case_id!r} has no label to score against")
+            raise DatasetError(
+                f"case {case.case_id!r} has no label to score against; add its label or "
+                "leave it out of the scored cases"
+            )
         pred = predict_case(loaded, case.load_image(), tta=tta).labels.array[0]
         ref = label.array[0]
         dice = {

@@ -43,6 +43,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from medai.errors import ConfigError
+
 __all__ = [
     "KEY_ENV_VAR",
     "Change",
@@ -146,7 +148,7 @@ def check_key(key: str | bytes) -> bytes:
     if not isinstance(key, bytes):
         raise TypeError(f"key must be str or bytes, got {type(key).__name__}")
     if len(key) < _MIN_KEY_BYTES:
-        raise ValueError(
+        raise ConfigError(
             f"de-identification key is too short ({len(key)} bytes); use at least "
             f"{_MIN_KEY_BYTES}, e.g. one made by `medai deid --generate-key --key-file F`"
         )
@@ -157,7 +159,7 @@ def load_key(key_file: str | Path | None = None) -> bytes:
     """Read the project key from ``key_file``, else from the ``MEDAI_DEID_KEY`` variable.
 
     Raises:
-        ValueError: No key anywhere, or a key that is too short; the message says what
+        ConfigError: No key anywhere, or a key that is too short; the message says what
             to do.
         FileNotFoundError: ``key_file`` does not exist.
     """
@@ -172,7 +174,7 @@ def load_key(key_file: str | Path | None = None) -> bytes:
     env = os.environ.get(KEY_ENV_VAR)
     if env:
         return check_key(env)
-    raise ValueError(
+    raise ConfigError(
         "no de-identification key: pass --key-file F (a file holding the project's "
         f"secret key) or set {KEY_ENV_VAR}; to create a key, add --generate-key. Keep the "
         "key secret and reuse it for the whole project, so that UIDs, pseudonyms and date "

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
 
+from medai.errors import ConfigError
 from medai.fsutil import atomic_path, atomic_write_text
 from medai.io.deid import AllowPrivate, Change, check_key, deidentify_dataset
 
@@ -66,13 +67,13 @@ def _plan(src: Path, dst: Path) -> list[tuple[Path, Path, str]]:
     if src.is_file():
         target = dst / src.name if dst.is_dir() else dst
         if target.resolve() == src.resolve():
-            raise ValueError(f"output {dst} is the input file; choose another OUT")
+            raise ConfigError(f"output {dst} is the input file; choose another OUT")
         return [(src, target, src.name)]
     if dst.exists() and not dst.is_dir():
-        raise ValueError(f"input {src} is a folder but output {dst} is a file; give a folder")
+        raise ConfigError(f"input {src} is a folder but output {dst} is a file; give a folder")
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
-        raise ValueError(f"output {dst} lies inside input {src}; choose a folder outside it")
+        raise ConfigError(f"output {dst} lies inside input {src}; choose a folder outside it")
     files = sorted(p for p in src.rglob("*") if p.is_file())
     return [(p, dst / p.relative_to(src), p.relative_to(src).as_posix()) for p in files]
 
@@ -219,7 +220,7 @@ def deidentify_path(
 
     Raises:
         FileNotFoundError: ``src`` does not exist.
-        ValueError: A short key, or an output that overlaps the input.
+        ConfigError: A short key, or an output that overlaps the input.
     """
     src, dst = Path(src), Path(dst)
     key_b = check_key(key)

@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from medai.errors import ConfigError, ImageWriteError
 from medai.image import Image
 from medai.io.dicom_geometry import LPS_TO_RAS
 
@@ -58,7 +59,7 @@ def _encode(data: NDArray[Any]) -> _Encoding:
     """Map ``data`` onto int16/uint16 plus a rescale that decodes back within slope/2."""
     values = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(values)):
-        raise ValueError("image holds NaN or infinite values; DICOM cannot store them")
+        raise ImageWriteError("image holds NaN or infinite values; DICOM cannot store them")
     lo, hi = float(values.min()), float(values.max())
     if np.array_equal(values, np.round(values)):
         if lo >= -32768 and hi <= 32767:
@@ -88,14 +89,14 @@ def _validate(image: Image, modality: str, patient_id: str, extra: Mapping[str, 
     if not isinstance(image, Image):
         raise TypeError(f"image must be a ScalarImage or LabelMap; got {type(image).__name__}")
     if image.num_channels != 1:
-        raise ValueError(
+        raise ImageWriteError(
             f"a DICOM MR/CT series holds one channel; image has {image.num_channels} "
             "(write each with image.channel(i))"
         )
     if modality not in _SOP_CLASS:
-        raise ValueError(f"modality must be one of {sorted(_SOP_CLASS)}; got {modality!r}")
+        raise ConfigError(f"modality must be one of {sorted(_SOP_CLASS)}; got {modality!r}")
     if not patient_id or len(patient_id) > 64:
-        raise ValueError(f"patient_id must be 1-64 characters; got {patient_id!r}")
+        raise ConfigError(f"patient_id must be 1-64 characters; got {patient_id!r}")
     for keyword in extra:
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"extra: {keyword!r} is not a DICOM attribute keyword")
@@ -208,14 +209,17 @@ def write_dicom_series(
         The written files, ordered by InstanceNumber (= array index z + 1).
 
     Raises:
-        ValueError: On a bad argument, multi-channel or non-finite data, or an
-            occupied folder.
+        ConfigError: On a bad modality or patient id.
+        ImageWriteError: On multi-channel or non-finite data, or an occupied folder.
+        ValueError: On a bad ``extra`` keyword or study date.
     """
     folder = Path(folder)
     extra = dict(extra or {})
     _validate(image, modality, patient_id, extra)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
-        raise ValueError(f"{folder} exists and is not empty; pass overwrite=True to replace it")
+        raise ImageWriteError(
+            f"{folder} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
     date = _date(study_date)
     common: dict[str, Any] = {
         "PatientID": patient_id,

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from medai.errors import ImageReadError
+from medai.errors import ImageReadError, ImageWriteError
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
 from medai.io.dicom_geometry import LPS_TO_RAS
@@ -78,21 +78,22 @@ def write_png(image: Image, path: str | Path) -> Path:
     channels of 0..255 become RGB/RGBA.
 
     Raises:
-        ValueError: If the image is 3D, the suffix is wrong, or values are not integers
-            in the PNG range (rescale first, e.g. to 0..255).
+        ValueError: If the suffix is not ``.png``.
+        ImageWriteError: If the image is 3D or its values are not integers in the PNG
+            range (rescale first, e.g. to 0..255).
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"PNG path must end in .png; got {path.name!r}")
     if not image.is_2d:
-        raise ValueError(f"PNG holds one slice; image shape is {image.shape} (pick a slice)")
+        raise ImageWriteError(f"PNG holds one slice; image shape is {image.shape} (pick a slice)")
     data = image.array[..., 0].transpose(2, 1, 0)  # (rows, cols, channels)
     if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-        raise ValueError("PNG stores integers; round or rescale the image to 0..255 first")
+        raise ImageWriteError("PNG stores integers; round or rescale the image to 0..255 first")
     lo, hi = float(data.min()), float(data.max())
     limit = 65535 if image.num_channels == 1 else 255
     if lo < 0 or hi > limit or image.num_channels not in (1, 3, 4):
-        raise ValueError(
+        raise ImageWriteError(
             f"PNG needs 1, 3 or 4 channels with values in 0..{limit}; got "
             f"{image.num_channels} channels, values {lo:g}..{hi:g}"
         )

@@ -14,14 +14,18 @@ from medai.preprocess.pipeline import (
     preprocess_image,
 )
 from medai.preprocess.plan import (
+    Architecture,
     InferencePlan,
+    LossKind,
     NetworkPlan,
+    Normalisation,
     Plan,
     PreprocessPlan,
     TrainPlan,
     apply_overrides,
     load_plan,
     parse_duration,
+    parse_overrides,
     save_plan,
 )
 from medai.preprocess.steps import (
@@ -37,11 +41,14 @@ from medai.preprocess.steps import (
 
 __all__ = [
     "BRATS_REGIONS",
+    "Architecture",
     "ChannelStats",
     "Fingerprint",
     "GridRecord",
     "InferencePlan",
+    "LossKind",
     "NetworkPlan",
+    "Normalisation",
     "Plan",
     "PreprocessPlan",
     "Preprocessed",
@@ -57,6 +64,7 @@ __all__ = [
     "load_plan",
     "load_preprocessed",
     "parse_duration",
+    "parse_overrides",
     "preprocess_case",
     "preprocess_cohort",
     "preprocess_image",

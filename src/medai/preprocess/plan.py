@@ -1,35 +1,67 @@
 """The segmentation :class:`Plan`: every choice of a run, typed, with working defaults.
 
 A plan is plain data (pydantic), saved as YAML beside a run and overridable from a
-YAML file or ``key.sub=value`` strings. The planner (:mod:`medai.training.planner`)
-fills it from a dataset fingerprint and the device; nothing here imports torch.
+YAML file or ``key.sub=value`` strings (:func:`parse_overrides` reads both, the one
+place overrides are parsed). The planner (:mod:`medai.training.planner`) fills it from
+a dataset fingerprint and the device; nothing here imports torch. A plan a user wrote
+that does not validate raises :class:`~medai.errors.PlanError` naming the field, what
+it allows and the value given.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medai.errors import ConfigError, PlanError, validation_summary
 from medai.fsutil import atomic_write_text
 
 __all__ = [
+    "Architecture",
     "InferencePlan",
+    "LossKind",
     "NetworkPlan",
+    "Normalisation",
     "Plan",
     "PreprocessPlan",
     "TrainPlan",
     "apply_overrides",
     "load_plan",
     "parse_duration",
+    "parse_overrides",
     "save_plan",
 ]
 
-Architecture = Literal["unet", "basicunet", "dynunet", "segresnet"]
+SECTIONS: tuple[str, ...] = ("preprocess", "network", "train", "inference")
+
+
+class Architecture(StrEnum):
+    """The MONAI networks a plan can name."""
+
+    UNET = "unet"
+    BASICUNET = "basicunet"
+    DYNUNET = "dynunet"
+    SEGRESNET = "segresnet"
+
+
+class Normalisation(StrEnum):
+    """Intensity normalisation of the image channels."""
+
+    ZSCORE_FOREGROUND = "zscore_foreground"
+
+
+class LossKind(StrEnum):
+    """Training loss on the sigmoid region channels."""
+
+    DICE_CE = "dice_ce"
+    DICE_FOCAL = "dice_focal"
 
 
 class _Strict(BaseModel):
@@ -43,7 +75,7 @@ class PreprocessPlan(_Strict):
     image_order: int = Field(default=1, ge=1, le=3, description="1 linear, 3 cubic")
     crop_to_foreground: bool = True
     crop_margin: int = Field(default=2, ge=0)
-    normalisation: Literal["zscore_foreground"] = "zscore_foreground"
+    normalisation: Normalisation = Normalisation.ZSCORE_FOREGROUND
 
     @field_validator("target_spacing")
     @classmethod
@@ -61,7 +93,7 @@ class PreprocessPlan(_Strict):
 class NetworkPlan(_Strict):
     """Which MONAI network, how deep and wide."""
 
-    architecture: Architecture = "unet"
+    architecture: Architecture = Architecture.UNET
     base_channels: int = Field(default=16, ge=2)
     depth: int = Field(default=5, ge=2, le=7, description="resolution levels")
     residual_units: int = Field(default=2, ge=0)
@@ -73,7 +105,8 @@ class NetworkPlan(_Strict):
     @property
     def downsampling(self) -> int:
         """Total down-sampling factor; patch sides must be multiples of it."""
-        return 2 ** (min(self.depth, 4) - 1 if self.architecture == "segresnet" else self.depth - 1)
+        segresnet = self.architecture is Architecture.SEGRESNET
+        return 2 ** (min(self.depth, 4) - 1 if segresnet else self.depth - 1)
 
 
 class TrainPlan(_Strict):
@@ -88,7 +121,7 @@ class TrainPlan(_Strict):
     weight_decay: float = Field(default=1e-5, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     grad_clip: float = Field(default=12.0, gt=0)
-    loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
+    loss: LossKind = LossKind.DICE_CE
     pos_fraction: float = Field(
         default=0.67, ge=0, le=1, description="share of tumour-centred patches"
     )
@@ -157,36 +190,135 @@ class Plan(_Strict):
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
-    """Write ``plan`` as YAML (atomic)."""
+    """Write ``plan`` as YAML (atomic; closed sets as plain strings)."""
     path = Path(path)
     atomic_write_text(path, yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
     return path
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read a plan YAML written by :func:`save_plan` (or by hand; missing keys default)."""
+    """Read a plan YAML written by :func:`save_plan` (or by hand; missing keys default).
+
+    Raises:
+        PlanError: If the file is missing, not a YAML mapping, names an unknown field or
+            holds a value the field does not allow.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"plan file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise PlanError(
+            f"plan file {path} not found; write one with `medai plan DATASET -o {path}`"
+        )
+    data = _read_yaml_mapping(path, "a plan")
+    return _validated(_tree_with(Plan(), flatten_overrides(data), where=str(path)), str(path))
+
+
+def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path}: not valid YAML ({exc}); fix its syntax") from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: not a text file; {what} is YAML") from exc
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a plan YAML must hold a mapping; got {type(data).__name__}")
-    return Plan.model_validate(data)
+        raise PlanError(
+            f"{path}: {what} YAML holds a mapping such as 'train: {{lr: 0.001}}'; "
+            f"got a {type(data).__name__}"
+        )
+    return data
+
+
+def _known(node: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(node))
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a plan section")
+            known = ", ".join(SECTIONS) if depth == 0 else _known(node)
+            raise PlanError(f"override {key!r}: {part!r} is not a plan section; sections: {known}")
         node = node[part]
     if parts[-1] not in node:
-        raise ValueError(f"override {key!r}: unknown plan field {parts[-1]!r}")
+        section = ".".join(parts[:-1]) or "the plan"
+        raise PlanError(
+            f"override {key!r}: unknown plan field {parts[-1]!r}; fields of {section}: "
+            f"{_known(node)}"
+        )
     node[parts[-1]] = value
 
 
-def apply_overrides(plan: Plan, overrides: dict[str, Any] | list[str] | None) -> Plan:
+def _tree_with(plan: Plan, items: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    tree = plan.model_dump(mode="json")
+    for key, value in items.items():
+        try:
+            _set_dotted(tree, key, value)
+        except PlanError as exc:
+            raise PlanError(f"{where}: {exc}") from None
+    return tree
+
+
+def _validated(tree: dict[str, Any], where: str) -> Plan:
+    try:
+        return Plan.model_validate(tree)
+    except ValidationError as exc:
+        raise PlanError(f"{where}: invalid plan: {validation_summary(exc)}") from exc
+
+
+def flatten_overrides(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` → ``{"train.lr": 1e-3}`` (plan sections only; other
+    mappings, such as ``labels`` or ``regions``, stay whole values)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name in SECTIONS:
+            flat.update(flatten_overrides(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise PlanError(f"override {text!r} must look like section.field=value, e.g. train.lr=1e-3")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise PlanError(f"override {text!r}: the value is not a YAML value ({exc})") from None
+
+
+def parse_overrides(
+    sets: Sequence[str] = (), *, config: str | Path | None = None
+) -> dict[str, Any]:
+    """Flat plan overrides from a YAML file and ``section.field=value`` strings.
+
+    Values are parsed as YAML (``train.lr=1e-3``, ``train.patch_size=[64,64,64]``);
+    strings come after the file, so they win. Every key is checked against the plan's
+    fields here, before any slow planning starts.
+
+    Args:
+        sets: ``section.field=value`` strings (``--set`` on the command line).
+        config: A YAML file holding plan fields, nested (``train: {lr: 1e-3}``) or dotted.
+
+    Raises:
+        PlanError: If the file is not a YAML mapping, a string lacks ``=``, or a key
+            names no plan field.
+    """
+    out: dict[str, Any] = {}
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise PlanError(f"override file {path} not found")
+        out.update(flatten_overrides(_read_yaml_mapping(path, "an override")))
+    out.update(dict(_parse_set(text) for text in sets))
+    _tree_with(Plan(), out, where="plan overrides")  # names every unknown key now
+    return out
+
+
+def apply_overrides(plan: Plan, overrides: Mapping[str, Any] | Sequence[str] | None) -> Plan:
     """A new plan with ``overrides`` applied.
 
     Args:
@@ -195,38 +327,24 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any] | list[str] | None) ->
             ``["train.lr=1e-3", ...]`` strings whose values are parsed as YAML.
 
     Raises:
-        ValueError: If a key names no plan field or a value is invalid.
+        PlanError: If a key names no plan field or a value is invalid (the message
+            names the field, what it allows and the value given).
     """
     if not overrides:
         return plan
-    items: dict[str, Any] = {}
-    if isinstance(overrides, list):
-        for text in overrides:
-            if "=" not in text:
-                raise ValueError(f"override {text!r} must look like section.field=value")
-            key, raw = text.split("=", 1)
-            items[key.strip()] = yaml.safe_load(raw)
+    if isinstance(overrides, Mapping):
+        items = flatten_overrides(overrides)
     else:
-        items = _flatten(overrides)
-    tree = plan.model_dump(mode="json")
-    for key, value in items.items():
-        _set_dotted(tree, key, value)
-    return Plan.model_validate(tree)
-
-
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name in {"preprocess", "network", "train", "inference"}:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+        items = dict(_parse_set(text) for text in overrides)
+    return _validated(_tree_with(plan, items, where="plan overrides"), "plan overrides")
 
 
 def parse_duration(text: str | float) -> float:
-    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"`` or a number of seconds."""
+    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"`` or a number of seconds.
+
+    Raises:
+        ConfigError: If ``text`` is not a positive duration.
+    """
     if isinstance(text, int | float):
         value = float(text)
     else:
@@ -237,7 +355,7 @@ def parse_duration(text: str | float) -> float:
         try:
             value = float(number) * (scale or 1.0)
         except ValueError:
-            raise ValueError(f"duration {text!r} must look like 600, 90s, 10m or 1.5h") from None
-    if value <= 0:
-        raise ValueError(f"duration must be positive; got {text!r}")
+            raise ConfigError(f"duration {text!r} must look like 600, 90s, 10m or 1.5h") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"duration must be a positive, finite time such as 10m; got {text!r}")
     return value

@@ -25,6 +25,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold
 
+from medai.errors import ConfigError, DatasetError
 from medai.evaluation.bootstrap import ConfidenceInterval, bootstrap_ci
 from medai.fsutil import atomic_path, atomic_write_text
 from medai.radiomics.survival_metrics import (
@@ -120,24 +121,24 @@ def _check_frame(
         raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in [time_col, event_col, *columns] if c not in df.columns]
     if missing:
-        raise ValueError(f"df lacks columns {missing}; available: {list(df.columns)[:20]}")
+        raise ConfigError(f"df lacks columns {missing}; available: {list(df.columns)[:20]}")
     if not columns:
-        raise ValueError("give at least one feature or clinical column")
+        raise ConfigError("give at least one feature or clinical column")
     repeated = sorted({c for c in columns if list(columns).count(c) > 1})
     if repeated or time_col in columns or event_col in columns:
-        raise ValueError(
+        raise ConfigError(
             f"columns {repeated or [time_col, event_col]} are listed twice (features, "
             "clinical, time, event must be distinct)"
         )
     time = pd.to_numeric(df[time_col], errors="coerce").to_numpy(np.float64)
     if not np.all(np.isfinite(time)) or np.any(time < 0):
-        raise ValueError(f"{time_col!r} must be finite and non-negative in every row")
+        raise DatasetError(f"{time_col!r} must be finite and non-negative in every row")
     events = df[event_col].to_numpy()
     if not np.all(np.isin(events, (0, 1, True, False))):
-        raise ValueError(f"{event_col!r} must be 0/1 (1 = event observed)")
+        raise DatasetError(f"{event_col!r} must be 0/1 (1 = event observed)")
     n_events = int(np.sum(events.astype(bool)))
     if n_events < folds or len(df) < 2 * folds:
-        raise ValueError(
+        raise DatasetError(
             f"{len(df)} patients with {n_events} events are too few for {folds}-fold "
             "cross-validation; lower folds or add patients"
         )
@@ -235,7 +236,8 @@ def fit_survival(
         settings: Everything else (see :class:`SurvivalSettings`).
 
     Raises:
-        ValueError: Missing columns, invalid time/event values, or too few events.
+        ConfigError: Missing or repeated columns.
+        DatasetError: Invalid time/event values, or too few events.
 
     Example:
         >>> res = fit_survival(table, time_col="os_days", event_col="death",

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from medai.preprocess.plan import NetworkPlan
+from medai.preprocess.plan import Architecture, NetworkPlan
 
 __all__ = ["build_network", "output_conv", "patch_multiple"]
 
@@ -54,7 +54,7 @@ def _monai_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) ->
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"channels must be >= 1; got in={in_channels}, out={out_channels}")
     widths = [plan.base_channels * 2**i for i in range(plan.depth)]
-    if plan.architecture == "unet":
+    if plan.architecture is Architecture.UNET:
         return nets.UNet(
             spatial_dims=3,
             in_channels=in_channels,
@@ -65,7 +65,7 @@ def _monai_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) ->
             norm="instance",
             dropout=plan.dropout,
         )
-    if plan.architecture == "basicunet":
+    if plan.architecture is Architecture.BASICUNET:
         feats = [plan.base_channels * 2**i for i in range(5)] + [plan.base_channels]
         return nets.BasicUNet(
             spatial_dims=3,
@@ -74,7 +74,7 @@ def _monai_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) ->
             features=tuple(feats),
             dropout=plan.dropout,
         )
-    if plan.architecture == "dynunet":
+    if plan.architecture is Architecture.DYNUNET:
         kernels = [[3, 3, 3]] * plan.depth
         strides = [[1, 1, 1]] + [[2, 2, 2]] * (plan.depth - 1)
         return nets.DynUNet(

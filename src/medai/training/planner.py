@@ -20,7 +20,14 @@ import torch
 
 from medai.preprocess.cases import as_cohort
 from medai.preprocess.fingerprint import Fingerprint, compute_fingerprint
-from medai.preprocess.plan import NetworkPlan, Plan, PreprocessPlan, TrainPlan, apply_overrides
+from medai.preprocess.plan import (
+    Architecture,
+    NetworkPlan,
+    Plan,
+    PreprocessPlan,
+    TrainPlan,
+    apply_overrides,
+)
 from medai.training.networks import build_network, patch_multiple
 
 __all__ = ["CANDIDATES", "available_memory_bytes", "make_plan", "probe_throughput"]
@@ -29,8 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Candidate networks, preferred (higher quality per sample) first.
 CANDIDATES: tuple[NetworkPlan, ...] = (
-    NetworkPlan(architecture="segresnet", base_channels=16, depth=4, residual_units=0),
-    NetworkPlan(architecture="unet", base_channels=16, depth=5, residual_units=2),
+    NetworkPlan(architecture=Architecture.SEGRESNET, base_channels=16, depth=4, residual_units=0),
+    NetworkPlan(architecture=Architecture.UNET, base_channels=16, depth=5, residual_units=2),
 )
 #: Relative samples/s used when the probe is skipped (measured on a 2-core CPU).
 STATIC_SPEED = {"unet": 1.0, "basicunet": 0.5, "dynunet": 0.8, "segresnet": 1 / 7}
@@ -173,6 +180,7 @@ def make_plan(
     say = on_progress or (lambda _msg: None)
     cohort = as_cohort(source)
     ids = cohort.train_ids or [c.case_id for c in cohort.cases]
+    cohort.require_labels(ids)
     say(f"fingerprinting {len(ids)} cases")
     fp = compute_fingerprint(cohort.subset(ids), regions=cohort.regions)
     med = fp.median_spacing

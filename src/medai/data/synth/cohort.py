@@ -16,6 +16,7 @@ import numpy as np
 
 from medai.data.synth import anatomy, clinical, contrast, tumour
 from medai.data.synth.tumour import Grade
+from medai.errors import ConfigError
 from medai.image import LabelMap, ScalarImage
 
 __all__ = ["CohortInfo", "SyntheticCase", "generate_case", "generate_cohort"]
@@ -62,13 +63,13 @@ class CohortInfo:
 
 def _check_args(index: int, spacing: float, sites: int, hgg_fraction: float) -> None:
     if index < 0:
-        raise ValueError(f"index must be >= 0; got {index}")
+        raise ConfigError(f"index must be >= 0; got {index}")
     if not 1.0 <= spacing <= 8.0:
-        raise ValueError(f"spacing must be between 1 and 8 mm; got {spacing}")
+        raise ConfigError(f"spacing must be between 1 and 8 mm; got {spacing}")
     if not 1 <= sites <= 26:
-        raise ValueError(f"sites must be between 1 and 26; got {sites}")
+        raise ConfigError(f"sites must be between 1 and 26; got {sites}")
     if not 0.0 <= hgg_fraction <= 1.0:
-        raise ValueError(f"hgg_fraction must be between 0 and 1; got {hgg_fraction}")
+        raise ConfigError(f"hgg_fraction must be between 0 and 1; got {hgg_fraction}")
 
 
 def _subject_with_tumour(
@@ -191,10 +192,10 @@ def generate_cohort(
     from medai.data.synth import writers
 
     if cases < 1:
-        raise ValueError(f"cases must be >= 1; got {cases}")
+        raise ConfigError(f"cases must be >= 1; got {cases}")
     bad = [name for name in layouts if name not in LAYOUTS]
     if bad or not layouts:
-        raise ValueError(f"layouts must be a non-empty subset of {LAYOUTS}; got {list(layouts)}")
+        raise ConfigError(f"layouts must be a non-empty subset of {LAYOUTS}; got {list(layouts)}")
     _check_args(0, spacing, sites, hgg_fraction)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
