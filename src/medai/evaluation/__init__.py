@@ -6,6 +6,7 @@ BCa); two models on the same cases are compared with a paired bootstrap or DeLon
 """
 
 from medai.evaluation.bootstrap import (
+    CIMethod,
     ConfidenceInterval,
     PairedComparison,
     bootstrap_ci,
@@ -29,6 +30,7 @@ from medai.evaluation.calibration import (
 )
 from medai.evaluation.checklist import RunFacts, answer_checklist
 from medai.evaluation.classification import (
+    Average,
     ClassificationAccumulator,
     compute_accuracy,
     compute_average_precision,
@@ -101,8 +103,10 @@ from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subg
 
 __all__ = [
     "Answer",
+    "Average",
     "BlandAltman",
     "BrowserUnavailableError",
+    "CIMethod",
     "ChecklistItem",
     "ClassificationAccumulator",
     "ConfidenceInterval",

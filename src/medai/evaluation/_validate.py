@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -57,10 +58,16 @@ def same_length(**arrays: Any) -> int:
     return next(iter(lengths.values()))
 
 
-def check_average(average: str, allowed: tuple[str, ...]) -> str:
-    if average not in allowed:
-        raise ValueError(f"average must be one of {allowed}; got {average!r}")
-    return average
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def check_average(average: str, allowed: tuple[_E, ...]) -> _E:
+    """The member of ``allowed`` equal to ``average`` (a member or its string value)."""
+    for option in allowed:
+        if average == option:
+            return option
+    choices = tuple(option.value for option in allowed)
+    raise ValueError(f"average must be one of {choices}; got {average!r}")
 
 
 def check_probabilities(prob: NDArray[np.float64], *, name: str) -> None:

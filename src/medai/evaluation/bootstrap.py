@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -24,6 +25,7 @@ from scipy.special import ndtr, ndtri
 from medai.evaluation._validate import as_values, same_length
 
 __all__ = [
+    "CIMethod",
     "ConfidenceInterval",
     "PairedComparison",
     "bootstrap_ci",
@@ -36,7 +38,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Metric = Callable[[NDArray[np.generic], NDArray[np.generic]], float]
-_METHODS = ("percentile", "bca")
+
+
+class CIMethod(StrEnum):
+    """How an interval was made; the bootstrap functions take ``PERCENTILE`` or ``BCA``."""
+
+    PERCENTILE = "percentile"
+    BCA = "bca"  # bias-corrected and accelerated (Efron 1987)
+    DELONG = "delong"  # DeLong's analytic variance of paired AUCs (no resampling)
+
+
+_BOOTSTRAP_METHODS = (CIMethod.PERCENTILE, CIMethod.BCA)
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class ConfidenceInterval:
         low: Lower bound.
         high: Upper bound.
         confidence: Nominal coverage, e.g. 0.95.
-        method: ``"percentile"`` or ``"bca"``.
+        method: :attr:`CIMethod.PERCENTILE` or :attr:`CIMethod.BCA`.
         n_resamples: Valid replicates used (undefined ones dropped).
         n_clusters: Patients (resampling units).
     """
@@ -57,7 +69,7 @@ class ConfidenceInterval:
     low: float
     high: float
     confidence: float
-    method: str
+    method: CIMethod
     n_resamples: int
     n_clusters: int
 
@@ -78,7 +90,7 @@ class PairedComparison:
         high: Upper bound of the difference.
         p_value: Two-sided p-value for "no difference".
         confidence: Nominal coverage.
-        method: How the interval was made (``"percentile"``, ``"bca"``, ``"delong"``).
+        method: How the interval was made (a :class:`CIMethod`).
         n_resamples: Valid replicates used (0 for DeLong).
     """
 
@@ -89,7 +101,7 @@ class PairedComparison:
     high: float
     p_value: float
     confidence: float
-    method: str
+    method: CIMethod
     n_resamples: int
 
 
@@ -125,13 +137,20 @@ class _Clusters:
         return self.order[keep]
 
 
-def _check(n_resamples: int, confidence: float, method: str) -> None:
+def _check(n_resamples: int, confidence: float, method: CIMethod | str) -> CIMethod:
+    """The checked settings of a bootstrap; ``method`` coerced to a :class:`CIMethod`."""
     if n_resamples < 100:
         raise ValueError(f"n_resamples must be >= 100 for a stable interval; got {n_resamples}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
+    return _bootstrap_method(method)
+
+
+def _bootstrap_method(method: CIMethod | str) -> CIMethod:
+    if method not in _BOOTSTRAP_METHODS:
+        choices = tuple(m.value for m in _BOOTSTRAP_METHODS)
+        raise ValueError(f"method must be one of {choices}; got {method!r}")
+    return CIMethod(method)
 
 
 def _drop_invalid(replicates: NDArray[np.float64], what: str) -> NDArray[np.float64]:
@@ -155,7 +174,7 @@ def bootstrap_interval(
     jackknife: ArrayLike | None = None,
     *,
     confidence: float = 0.95,
-    method: str = "bca",
+    method: CIMethod | str = CIMethod.BCA,
 ) -> tuple[float, float]:
     """Interval bounds from bootstrap replicates (and jackknife values for BCa).
 
@@ -165,7 +184,7 @@ def bootstrap_interval(
     """
     boot = np.asarray(replicates, dtype=np.float64)
     alpha = (1.0 - confidence) / 2.0
-    if method == "percentile":
+    if _bootstrap_method(method) is CIMethod.PERCENTILE:
         low, high = np.quantile(boot, [alpha, 1.0 - alpha])
         return float(low), float(high)
     if jackknife is None:
@@ -211,7 +230,7 @@ def bootstrap_ci(
     clusters: ArrayLike | None = None,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-    method: str = "bca",
+    method: CIMethod | str = CIMethod.BCA,
     seed: int | None = 0,
 ) -> ConfidenceInterval:
     """Confidence interval of ``metric(y_true, y_score)`` by resampling patients.
@@ -224,13 +243,14 @@ def bootstrap_ci(
         clusters: Patient id per case; cases of one patient are resampled together.
         n_resamples: Bootstrap replicates.
         confidence: Nominal coverage.
-        method: ``"bca"`` (default) or ``"percentile"``.
+        method: :attr:`CIMethod.BCA` (default) or :attr:`CIMethod.PERCENTILE`
+            (the strings ``"bca"`` / ``"percentile"`` are coerced).
         seed: Random seed (recorded for replay).
 
     Example:
         >>> ci = bootstrap_ci(compute_roc_auc, y, p, clusters=patient_ids)  # doctest: +SKIP
     """
-    _check(n_resamples, confidence, method)
+    method = _check(n_resamples, confidence, method)
     truth, score = np.asarray(y_true), np.asarray(y_score)
     n = same_length(y_true=truth, y_score=score)
     groups = _Clusters(clusters, n)
@@ -240,7 +260,7 @@ def bootstrap_ci(
 
     estimate = float(metric(truth, score))
     boot = _drop_invalid(_replicates(statistic, groups, n_resamples, seed)[:, 0], "metric")
-    jack = _jackknife(statistic, groups)[:, 0] if method == "bca" else None
+    jack = _jackknife(statistic, groups)[:, 0] if method is CIMethod.BCA else None
     low, high = bootstrap_interval(estimate, boot, jack, confidence=confidence, method=method)
     return ConfidenceInterval(estimate, low, high, confidence, method, boot.size, groups.count)
 
@@ -271,7 +291,7 @@ def bootstrap_mean_ci(
     clusters: ArrayLike | None = None,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-    method: str = "bca",
+    method: CIMethod | str = CIMethod.BCA,
     seed: int | None = 0,
 ) -> ConfidenceInterval:
     """Interval of the mean of per-case values (e.g. mean Dice), resampling patients.
@@ -279,7 +299,7 @@ def bootstrap_mean_ci(
     NaN values (e.g. HD95 where one mask is empty) are left out before resampling.
     Vectorised: thousands of replicates take milliseconds.
     """
-    _check(n_resamples, confidence, method)
+    method = _check(n_resamples, confidence, method)
     data = as_values(values, name="values")
     keep = ~np.isnan(data)
     if not keep.any():
@@ -312,7 +332,7 @@ def paired_bootstrap(
     clusters: ArrayLike | None = None,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-    method: str = "percentile",
+    method: CIMethod | str = CIMethod.PERCENTILE,
     seed: int | None = 0,
 ) -> PairedComparison:
     """Compare models A and B on the same cases: CI and p-value of ``metric(A) − metric(B)``.
@@ -320,7 +340,7 @@ def paired_bootstrap(
     Both models are scored on the same resampled patients in every replicate, so the
     correlation between them is kept.
     """
-    _check(n_resamples, confidence, method)
+    method = _check(n_resamples, confidence, method)
     truth, a, b = np.asarray(y_true), np.asarray(score_a), np.asarray(score_b)
     n = same_length(y_true=truth, score_a=a, score_b=b)
     groups = _Clusters(clusters, n)
@@ -332,7 +352,7 @@ def paired_bootstrap(
     boot = _drop_invalid(_replicates(statistic, groups, n_resamples, seed), "metric")
     diffs = boot[:, 0] - boot[:, 1]
     jack = None
-    if method == "bca":
+    if method is CIMethod.BCA:
         pairs = _jackknife(statistic, groups)
         jack = pairs[:, 0] - pairs[:, 1]
     difference = float(est[0] - est[1])
@@ -357,14 +377,14 @@ def paired_bootstrap_mean(
     clusters: ArrayLike | None = None,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-    method: str = "percentile",
+    method: CIMethod | str = CIMethod.PERCENTILE,
     seed: int | None = 0,
 ) -> PairedComparison:
     """Compare the means of paired per-case values (e.g. Dice of A and B on each case).
 
     Cases where either value is NaN are left out of both.
     """
-    _check(n_resamples, confidence, method)
+    method = _check(n_resamples, confidence, method)
     a, b = as_values(values_a, name="values_a"), as_values(values_b, name="values_b")
     same_length(values_a=a, values_b=b)
     keep = ~(np.isnan(a) | np.isnan(b))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -23,6 +24,7 @@ from scipy.stats import rankdata
 from medai.evaluation._validate import as_labels, as_scores, check_average, check_probabilities
 
 __all__ = [
+    "Average",
     "ClassificationAccumulator",
     "compute_accuracy",
     "compute_average_precision",
@@ -40,8 +42,17 @@ __all__ = [
     "compute_specificity",
 ]
 
-_LABEL_AVERAGES = ("binary", "macro", "micro")
-_SCORE_AVERAGES = ("macro", "micro")
+
+class Average(StrEnum):
+    """How a metric is combined over classes."""
+
+    BINARY = "binary"  # class 1 against the rest (two-class tasks)
+    MACRO = "macro"  # unweighted mean over classes, undefined ones ignored
+    MICRO = "micro"  # pooled one-vs-rest counts
+
+
+_LABEL_AVERAGES = (Average.BINARY, Average.MACRO, Average.MICRO)
+_SCORE_AVERAGES = (Average.MACRO, Average.MICRO)
 
 
 def _ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -81,11 +92,13 @@ def compute_confusion_matrix(
     return counts.reshape(k, k).astype(np.int64)
 
 
-def _counts(y_true: ArrayLike, y_pred: ArrayLike, average: str) -> tuple[NDArray[np.float64], ...]:
+def _counts(
+    y_true: ArrayLike, y_pred: ArrayLike, average: Average | str
+) -> tuple[NDArray[np.float64], ...]:
     """Per-class one-vs-rest (tp, fp, fn, tn), or class 1's only for ``binary``."""
-    check_average(average, _LABEL_AVERAGES)
+    chosen = check_average(average, _LABEL_AVERAGES)
     matrix = compute_confusion_matrix(y_true, y_pred)
-    if average == "binary":
+    if chosen is Average.BINARY:
         if matrix.shape[0] > 2:
             raise ValueError("average='binary' needs labels 0/1; use 'macro' or 'micro' otherwise")
         matrix = np.pad(matrix, (0, 2 - matrix.shape[0]))
@@ -94,13 +107,13 @@ def _counts(y_true: ArrayLike, y_pred: ArrayLike, average: str) -> tuple[NDArray
     fp = m.sum(axis=0) - tp
     fn = m.sum(axis=1) - tp
     tn = m.sum() - tp - fp - fn
-    if average == "binary":
+    if chosen is Average.BINARY:
         return tp[1:], fp[1:], fn[1:], tn[1:]
     return tp, fp, fn, tn
 
 
-def _rate(num: NDArray[np.float64], den: NDArray[np.float64], average: str) -> float:
-    if average == "micro":
+def _rate(num: NDArray[np.float64], den: NDArray[np.float64], average: Average | str) -> float:
+    if average == Average.MICRO:
         return float(_ratio(num.sum(), den.sum()))
     return _nanmean(_ratio(num, den))
 
@@ -119,31 +132,41 @@ def compute_balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     return float(np.mean(np.diag(matrix)[present] / support[present]))
 
 
-def compute_sensitivity(y_true: ArrayLike, y_pred: ArrayLike, *, average: str = "binary") -> float:
+def compute_sensitivity(
+    y_true: ArrayLike, y_pred: ArrayLike, *, average: Average | str = Average.BINARY
+) -> float:
     """Sensitivity (recall, true-positive rate) = TP / (TP + FN)."""
     tp, _, fn, _ = _counts(y_true, y_pred, average)
     return _rate(tp, tp + fn, average)
 
 
-def compute_specificity(y_true: ArrayLike, y_pred: ArrayLike, *, average: str = "binary") -> float:
+def compute_specificity(
+    y_true: ArrayLike, y_pred: ArrayLike, *, average: Average | str = Average.BINARY
+) -> float:
     """Specificity (true-negative rate) = TN / (TN + FP)."""
     _, fp, _, tn = _counts(y_true, y_pred, average)
     return _rate(tn, tn + fp, average)
 
 
-def compute_ppv(y_true: ArrayLike, y_pred: ArrayLike, *, average: str = "binary") -> float:
+def compute_ppv(
+    y_true: ArrayLike, y_pred: ArrayLike, *, average: Average | str = Average.BINARY
+) -> float:
     """Positive predictive value (precision) = TP / (TP + FP)."""
     tp, fp, _, _ = _counts(y_true, y_pred, average)
     return _rate(tp, tp + fp, average)
 
 
-def compute_npv(y_true: ArrayLike, y_pred: ArrayLike, *, average: str = "binary") -> float:
+def compute_npv(
+    y_true: ArrayLike, y_pred: ArrayLike, *, average: Average | str = Average.BINARY
+) -> float:
     """Negative predictive value = TN / (TN + FN)."""
     _, _, fn, tn = _counts(y_true, y_pred, average)
     return _rate(tn, tn + fn, average)
 
 
-def compute_f1(y_true: ArrayLike, y_pred: ArrayLike, *, average: str = "binary") -> float:
+def compute_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, *, average: Average | str = Average.BINARY
+) -> float:
     """F1 = 2 TP / (2 TP + FP + FN), the harmonic mean of sensitivity and PPV."""
     tp, fp, fn, _ = _counts(y_true, y_pred, average)
     return _rate(2 * tp, 2 * tp + fp + fn, average)
@@ -212,18 +235,22 @@ def _binary_ap(truth: NDArray[np.int64], score: NDArray[np.float64]) -> float:
 _BinaryFn = Callable[[NDArray[np.int64], NDArray[np.float64]], float]
 
 
-def _score_metric(y_true: ArrayLike, y_score: ArrayLike, average: str, fn: _BinaryFn) -> float:
-    check_average(average, _SCORE_AVERAGES)
+def _score_metric(
+    y_true: ArrayLike, y_score: ArrayLike, average: Average | str, fn: _BinaryFn
+) -> float:
+    chosen = check_average(average, _SCORE_AVERAGES)
     if np.ndim(y_score) == 1:
         return fn(*_binary_inputs(y_true, y_score))
     onehot, score = _one_vs_rest(y_true, y_score)
-    if average == "micro":
+    if chosen is Average.MICRO:
         return fn(onehot.ravel(), score.ravel())
     per_class = np.array([fn(onehot[:, c], score[:, c]) for c in range(score.shape[1])])
     return _nanmean(per_class)
 
 
-def compute_roc_auc(y_true: ArrayLike, y_score: ArrayLike, *, average: str = "macro") -> float:
+def compute_roc_auc(
+    y_true: ArrayLike, y_score: ArrayLike, *, average: Average | str = Average.MACRO
+) -> float:
     """Area under the ROC curve (Mann–Whitney with mid-ranks for ties).
 
     Args:
@@ -238,7 +265,7 @@ def compute_roc_auc(y_true: ArrayLike, y_score: ArrayLike, *, average: str = "ma
 
 
 def compute_average_precision(
-    y_true: ArrayLike, y_score: ArrayLike, *, average: str = "macro"
+    y_true: ArrayLike, y_score: ArrayLike, *, average: Average | str = Average.MACRO
 ) -> float:
     """PR-AUC as average precision: ``Σ (R_n − R_{n−1}) P_n`` over thresholds (no interpolation)."""
     return _score_metric(y_true, y_score, average, _binary_ap)
@@ -294,7 +321,11 @@ def predicted_labels(y_score: ArrayLike, *, threshold: float = 0.5) -> NDArray[n
 
 
 def compute_classification_metrics(
-    y_true: ArrayLike, y_score: ArrayLike, *, threshold: float = 0.5, average: str = "macro"
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    threshold: float = 0.5,
+    average: Average | str = Average.MACRO,
 ) -> dict[str, float]:
     """All classification metrics at once, keyed by name.
 
@@ -307,7 +338,9 @@ def compute_classification_metrics(
     from medai.evaluation.calibration import compute_ece
 
     pred = predicted_labels(y_score, threshold=threshold)
-    label_average = "binary" if np.ndim(y_score) == 1 else check_average(average, _SCORE_AVERAGES)
+    label_average = (
+        Average.BINARY if np.ndim(y_score) == 1 else check_average(average, _SCORE_AVERAGES)
+    )
     return {
         "accuracy": compute_accuracy(y_true, pred),
         "balanced_accuracy": compute_balanced_accuracy(y_true, pred),
@@ -335,9 +368,10 @@ class ClassificationAccumulator:
     """
 
     threshold: float = 0.5
-    average: str = "macro"
+    average: Average | str = Average.MACRO
 
     def __post_init__(self) -> None:
+        self.average = check_average(self.average, _SCORE_AVERAGES)
         self._truth: list[NDArray[np.int64]] = []
         self._score: list[NDArray[np.float64]] = []
 

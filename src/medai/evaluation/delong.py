@@ -17,7 +17,7 @@ from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
 from medai.evaluation._validate import as_labels, as_scores
-from medai.evaluation.bootstrap import ConfidenceInterval, PairedComparison
+from medai.evaluation.bootstrap import CIMethod, ConfidenceInterval, PairedComparison
 
 __all__ = ["delong_ci", "delong_components", "delong_test"]
 
@@ -72,7 +72,7 @@ def delong_ci(
         max(0.0, est - z * se),
         min(1.0, est + z * se),
         confidence,
-        "delong",
+        CIMethod.DELONG,
         0,
         int(v10.shape[1] + v01.shape[1]),
     )
@@ -107,6 +107,6 @@ def delong_test(
         diff + z * se,
         p_value,
         confidence,
-        "delong",
+        CIMethod.DELONG,
         0,
     )

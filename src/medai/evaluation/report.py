@@ -180,7 +180,7 @@ def ci_table(
                 name,
                 f"{ci.estimate:.{digits}f}",
                 f"{ci.low:.{digits}f} – {ci.high:.{digits}f}",
-                ci.method,
+                str(ci.method),
                 str(ci.n_clusters),
             ]
         )

@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medai.evaluation.bootstrap import ConfidenceInterval, Metric, bootstrap_ci, bootstrap_mean_ci
+from medai.evaluation.bootstrap import (
+    CIMethod,
+    ConfidenceInterval,
+    Metric,
+    bootstrap_ci,
+    bootstrap_mean_ci,
+)
 
 __all__ = ["SubgroupAnalysis", "age_bands", "analyse_subgroups"]
 
@@ -72,7 +78,7 @@ class _Spec:
     patient: str | None
     n_resamples: int
     confidence: float
-    method: str
+    method: CIMethod | str
     seed: int
 
 
@@ -137,7 +143,7 @@ def analyse_subgroups(
     min_cases: int = 10,
     n_resamples: int = 1000,
     confidence: float = 0.95,
-    method: str = "percentile",
+    method: CIMethod | str = CIMethod.PERCENTILE,
     seed: int = 0,
 ) -> SubgroupAnalysis:
     """Per-group metric with bootstrap CIs for each clinical column, per split.
@@ -157,7 +163,7 @@ def analyse_subgroups(
         min_cases: Groups smaller than this get no interval and are never flagged.
         n_resamples: Bootstrap replicates per group.
         confidence: Nominal coverage.
-        method: ``"percentile"`` or ``"bca"``.
+        method: :attr:`CIMethod.PERCENTILE` or :attr:`CIMethod.BCA` (strings coerced).
         seed: Random seed.
     """
     columns = [by] if isinstance(by, str) else list(by)

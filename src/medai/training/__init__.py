@@ -1,6 +1,12 @@
 """Segmentation training: planner, MONAI networks, region-based trainer, DDP."""
 
-from medai.training.callbacks import RunResult, StepInfo, TrainCallback, ValidationInfo
+from medai.training.callbacks import (
+    RunResult,
+    StepInfo,
+    StopReason,
+    TrainCallback,
+    ValidationInfo,
+)
 from medai.training.networks import build_network
 from medai.training.planner import make_plan, probe_throughput
 from medai.training.recipe import build_loss, lr_at
@@ -9,6 +15,7 @@ from medai.training.trainer import split_train_val, train
 __all__ = [
     "RunResult",
     "StepInfo",
+    "StopReason",
     "TrainCallback",
     "ValidationInfo",
     "build_loss",

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunResult", "StepInfo", "TrainCallback", "ValidationInfo"]
+__all__ = ["RunResult", "StepInfo", "StopReason", "TrainCallback", "ValidationInfo"]
+
+
+class StopReason(StrEnum):
+    """Why a training run ended."""
+
+    EPOCHS = "epochs"  # the planned number of epochs is done
+    EARLY_STOP = "early_stop"  # validation stopped improving
+    TIME_BUDGET = "time_budget"  # the wall-clock budget is spent
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class RunResult:
     best_dice: dict[str, float]
     epochs: int
     steps: int
-    stopped: str
+    stopped: StopReason
     kpis: dict[str, Any] = field(default_factory=dict)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medai.preprocess.plan import LossKind
+
 __all__ = ["build_loss", "lr_at", "rng_state", "seed_all", "set_rng_state"]
 
 
@@ -26,7 +28,7 @@ def lr_at(progress: float, *, base: float, warmup: float) -> float:
     return base * max(0.5 * (1.0 + math.cos(math.pi * frac)), 0.01)
 
 
-def build_loss(kind: str) -> nn.Module:
+def build_loss(kind: LossKind | str) -> nn.Module:
     """Batch Dice + BCE (or Dice + focal) on sigmoid region channels.
 
     Batch Dice pools voxels over the batch, so a patch without a region does not
@@ -38,10 +40,13 @@ def build_loss(kind: str) -> nn.Module:
     """
     from monai.losses import DiceFocalLoss, DiceLoss
 
-    if kind == "dice_focal":
+    try:
+        loss = LossKind(kind)
+    except ValueError:
+        choices = " or ".join(repr(k.value) for k in LossKind)
+        raise ValueError(f"loss must be {choices}; got {kind!r}") from None
+    if loss is LossKind.DICE_FOCAL:
         return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
-    if kind != "dice_ce":
-        raise ValueError(f"loss must be 'dice_ce' or 'dice_focal'; got {kind!r}")
     dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
     bce = nn.BCEWithLogitsLoss()
 

@@ -21,11 +21,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from medai.errors import PlanError
 from medai.fsutil import atomic_path
 from medai.preprocess.cases import SegCohort, as_cohort
 from medai.preprocess.pipeline import preprocess_cohort
 from medai.preprocess.plan import Plan, save_plan
-from medai.training.callbacks import RunResult, StepInfo, TrainCallback, ValidationInfo
+from medai.training.callbacks import (
+    RunResult,
+    StepInfo,
+    StopReason,
+    TrainCallback,
+    ValidationInfo,
+)
 from medai.training.data import PatchDataset, epoch_batches, load_case_arrays
 from medai.training.distributed import (
     DistInfo,
@@ -80,6 +87,7 @@ class _Trainer:
             self.train_ids, self.val_ids = split_train_val(
                 ids, fraction=self.tp.val_fraction, seed=self.tp.seed
             )
+        cohort.require_labels(ids)
         t0 = time.perf_counter()
         cache = cache_dir or out_dir / "cache"
         paths = self._preprocess(cohort, ids, cache)
@@ -153,7 +161,7 @@ class _Trainer:
         for section in ("preprocess", "network", "train"):
             before = getattr(saved, section).model_dump(exclude=budget)
             if before != getattr(self.plan, section).model_dump(exclude=budget):
-                raise ValueError(
+                raise PlanError(
                     f"cannot resume {path}: its plan's {section!r} section differs from the "
                     "plan given now; resume with the run's own plan.yaml"
                 )
@@ -289,13 +297,13 @@ class _Trainer:
         return dice
 
     # -- the whole run -------------------------------------------------------------
-    def finished(self) -> str | None:
+    def finished(self) -> StopReason | None:
         st = self.state
         if self.tp.epochs and st["epoch"] >= self.tp.epochs:
-            return "epochs"
+            return StopReason.EPOCHS
         patience = self.tp.early_stop_patience
         if patience and st["bad_validations"] >= patience:
-            return "early_stop"
+            return StopReason.EARLY_STOP
         return None
 
     def end_epoch(self, loss: float, *, complete: bool, force_val: bool) -> None:
@@ -357,12 +365,12 @@ class _Trainer:
             loss, out_of_time = self.run_epoch()
             complete = self.state["step_in_epoch"] >= self.tp.steps_per_epoch
             self.end_epoch(loss, complete=complete, force_val=out_of_time)
-            stopped = "time_budget" if out_of_time else self.finished()
+            stopped = StopReason.TIME_BUDGET if out_of_time else self.finished()
         if self.val_cases and self.state.get("validated_at") != self.state["epoch"]:
             self.run_validation()
         return self.finish(stopped)
 
-    def finish(self, stopped: str) -> RunResult:
+    def finish(self, stopped: StopReason) -> RunResult:
         st = self.state
         if st["best_score"] is None:
             self._save_model("model.pt")
@@ -385,7 +393,7 @@ class _Trainer:
             "device": str(self.dist.device),
             "world_size": self.dist.world_size,
             "seed": self.tp.seed,
-            "stopped": stopped,
+            "stopped": stopped.value,
             **peak_memory_mb(self.dist.device),
         }
         if self.dist.is_main:
@@ -450,7 +458,7 @@ def train(
     out = Path(out_dir)
     cohort = as_cohort(source)
     if len(plan.channels) != len(cohort.channels):
-        raise ValueError(
+        raise PlanError(
             f"plan has {len(plan.channels)} channels, dataset {len(cohort.channels)}; "
             "make the plan from this dataset (medai plan)"
         )
