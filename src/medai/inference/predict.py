@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from medai.errors import DatasetError, ImageReadError
+from medai.errors import DatasetError, ImageReadError, PlanError, validation_summary
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.inference.postprocess import postprocess_regions, region_volumes_ml, regions_to_labels
@@ -56,6 +57,7 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
 
     Raises:
         FileNotFoundError: If the folder has no ``model.pt``.
+        PlanError: If ``model.pt`` holds no plan this version of medai can read.
     """
     from medai.training.networks import build_network
 
@@ -64,7 +66,13 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
         raise FileNotFoundError(f"{path} not found; is {run_dir} a finished training run?")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     payload = torch.load(path, map_location=dev, weights_only=False)
-    plan = Plan.model_validate(payload["plan"])
+    try:
+        plan = Plan.model_validate(payload["plan"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise PlanError(
+            f"{path} holds no valid plan ({validation_summary(exc)}); retrain the run, or "
+            "predict with the medai version that trained it"
+        ) from exc
     model = build_network(
         plan.network, in_channels=len(plan.channels), out_channels=len(plan.regions)
     )
