@@ -1,4 +1,4 @@
-"""Shared DICOM plumbing: loading a file safely, per-frame geometry, pixels, metadata.
+"""Shared DICOM plumbing: loading a file safely, per-frame geometry, metadata.
 
 Everything here turns pydicom's many exception types into :class:`ImageReadError`
 naming the file and the reason, and routes pydicom's warnings to ``logging``.
@@ -22,6 +22,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medai.errors import ImageReadError
+from medai.io._dicom_values import header_value
+from medai.io._guard import PASS_THROUGH, describe
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,11 @@ def load_dataset(path: Path, *, pixels: bool = True, defer: bool = False) -> Dat
             )
         except InvalidDicomError:
             ds = _forced_read(path, pixels=pixels, defer=defer)
-        except Exception as exc:
-            raise ImageReadError(path, f"DICOM file is truncated or corrupt ({exc})") from exc
+        except PASS_THROUGH:
+            raise
+        except BaseException as exc:  # pydicom raises many types for damaged files
+            reason = f"DICOM file is truncated or corrupt ({describe(exc)})"
+            raise ImageReadError(path, reason) from exc
     for item in caught:
         message = str(item.message)
         if "End of file reached" in message:
@@ -101,7 +106,9 @@ def _forced_read(path: Path, *, pixels: bool, defer: bool) -> Dataset:
             stop_before_pixels=not pixels,
             defer_size=DEFER_SIZE if defer else None,
         )
-    except Exception as exc:
+    except PASS_THROUGH:
+        raise
+    except BaseException as exc:  # forced parsing of arbitrary bytes fails in many ways
         raise ImageReadError(path, reason) from exc
     needed = ("Rows", "Columns", "PixelData") if pixels else ("Rows", "Columns")
     if not all(keyword in ds for keyword in needed):
@@ -189,31 +196,38 @@ def _rescale(slope: Any, intercept: Any) -> tuple[float, float]:
         b = float(intercept) if intercept not in (None, "") else 0.0
     except (TypeError, ValueError):
         return (1.0, 0.0)
+    if not (np.isfinite(s) and np.isfinite(b)):
+        return (1.0, 0.0)
     return (s if s != 0 else 1.0, b)
 
 
 def frame_geometries(ds: Dataset, path: Path) -> list[FrameGeometry]:
     """The geometry of every frame in ``ds`` (one item for a single-frame file)."""
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows = int(header_value(ds, "Rows") or 0)
+    cols = int(header_value(ds, "Columns") or 0)
+    n_frames = int(header_value(ds, "NumberOfFrames") or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and len(per_frame) == n_frames:
         return [
             _enhanced_frame(ds, path, item, index, rows, cols)
             for index, item in enumerate(per_frame)
         ]
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing = header_value(ds, "PixelSpacing") or header_value(ds, "ImagerPixelSpacing")
+    between = header_value(ds, "SpacingBetweenSlices") or header_value(ds, "SliceThickness")
+    slope, intercept = _rescale(
+        header_value(ds, "RescaleSlope"), header_value(ds, "RescaleIntercept")
+    )
     base = FrameGeometry(
         source=path,
         frame=None,
         rows=rows,
         columns=cols,
-        position=_floats(ds.get("ImagePositionPatient"), 3),
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        position=_floats(header_value(ds, "ImagePositionPatient"), 3),
+        orientation=_floats(header_value(ds, "ImageOrientationPatient"), 6),
         pixel_spacing=_spacing(spacing),
-        slice_thickness=_thickness(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")),
-        slope=_rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))[0],
-        intercept=_rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))[1],
+        slice_thickness=_thickness(between),
+        slope=slope,
+        intercept=intercept,
     )
     if n_frames == 1:
         return [base]
@@ -263,50 +277,6 @@ def _enhanced_frame(
         slope=slope,
         intercept=intercept,
     )
-
-
-def _little_endian_palette(ds: Dataset) -> Dataset:
-    """``ds`` with 16-bit palette tables byte-swapped to little endian when it was read
-    from a big-endian file (pydicom reads non-segmented tables as little endian)."""
-    if ds.original_encoding[1] is not False:
-        return ds
-    for colour in ("Red", "Green", "Blue"):
-        data = ds.get(f"{colour}PaletteColorLookupTableData")
-        descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
-        if data is None or descriptor is None or int(descriptor[2]) != 16:
-            continue
-        table = np.frombuffer(bytes(data), dtype=">u2").astype("<u2")
-        setattr(ds, f"{colour}PaletteColorLookupTableData", table.tobytes())
-    return ds
-
-
-def decode_frames(ds: Dataset, path: Path) -> NDArray[Any]:
-    """All frames of ``ds`` as ``(frames, rows, columns, samples)`` (RGB for colour).
-
-    Raises:
-        ImageReadError: If there is no pixel data or it cannot be decoded.
-    """
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
-        raise ImageReadError(path, f"DICOM file has no pixel data ({sop}); it is not an image")
-    with pydicom_warnings_to_log(path):
-        try:
-            array = ds.pixel_array
-            if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-                array = pydicom.pixels.apply_color_lut(array, _little_endian_palette(ds))
-        except Exception as exc:
-            what = "is truncated" if "less than expected" in str(exc) else "cannot be decoded"
-            raise ImageReadError(path, f"pixel data {what} ({exc})") from exc
-    array = np.asarray(array)
-    colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or array.ndim == 4
-    colour = colour or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
-    if not colour:
-        array = array[..., np.newaxis]
-    if array.ndim == 3:
-        array = array[np.newaxis]
-    if array.ndim != 4:
-        raise ImageReadError(path, f"unexpected pixel array shape {array.shape}")
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
 def dataset_meta(ds: Dataset, path: Path) -> dict[str, Any]:

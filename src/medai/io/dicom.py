@@ -25,17 +25,19 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from medai.errors import ImageReadError, MedaiError
+from medai.errors import GeometryError, ImageReadError, MedaiError
 from medai.image import Image, LabelMap, ScalarImage
 from medai.io._dicom_common import (
     FrameGeometry,
     dataset_meta,
-    decode_frames,
     frame_geometries,
     load_dataset,
     pydicom_warnings_to_log,
 )
+from medai.io._dicom_values import header_value
+from medai.io._guard import PASS_THROUGH, describe, file_errors
 from medai.io.dicom_geometry import stack_affine
+from medai.io.dicom_pixels import decode_many
 
 __all__ = ["SeriesInfo", "find_series", "read_dicom", "read_dicom_series"]
 
@@ -75,45 +77,64 @@ def _frames(items: Sequence[tuple[Path, Dataset]]) -> list[tuple[FrameGeometry, 
     return frames
 
 
-def _rescaled(frame: NDArray[Any], geometry: FrameGeometry, dtype: type) -> NDArray[Any]:
-    out: NDArray[Any] = frame.astype(dtype, copy=True)
-    if geometry.slope != 1.0:
-        out *= geometry.slope
-    if geometry.intercept != 0.0:
-        out += geometry.intercept
-    return out
+def _assemble(
+    frames: Sequence[tuple[FrameGeometry, int]],
+    order: Sequence[int],
+    decoded: Sequence[NDArray[Any]],
+    dtype: np.dtype[Any] | None,
+) -> NDArray[Any]:
+    """The frames in slice ``order`` as one ``(z, rows, columns, samples)`` array.
+
+    With ``dtype`` (float), each frame's rescale slope and intercept are applied;
+    without, the stored values are kept in their common integer type.
+    """
+    planes = [decoded[owner][geometry.frame or 0] for geometry, owner in frames]
+    shapes = {plane.shape for plane in planes}
+    if len(shapes) > 1:
+        raise GeometryError(
+            f"frames differ in shape or samples per pixel ({sorted(shapes)}); "
+            "they do not form one volume"
+        )
+    out_type = dtype if dtype is not None else np.result_type(*planes)
+    volume = np.empty((len(order), *planes[0].shape), dtype=out_type)
+    for k, i in enumerate(order):
+        volume[k] = planes[i]
+    if dtype is None:
+        return volume
+    slopes = np.array([frames[i][0].slope for i in order])
+    intercepts = np.array([frames[i][0].intercept for i in order])
+    if np.all(slopes == slopes[0]) and np.all(intercepts == intercepts[0]):
+        _rescale_in_place(volume, float(slopes[0]), float(intercepts[0]))
+    else:
+        for k in range(len(order)):
+            _rescale_in_place(volume[k], float(slopes[k]), float(intercepts[k]))
+    return volume
+
+
+def _rescale_in_place(values: NDArray[Any], slope: float, intercept: float) -> None:
+    if slope != 1.0:
+        values *= slope
+    if intercept != 0.0:
+        values += intercept
 
 
 def _build(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) -> T:
     """Stack the frames of ``items`` (read with pixels) into one image; any failure is a
     medai error naming ``where``."""
-    try:
+    with file_errors(where, "unreadable DICOM content"):  # bad values raise many types
         return _stack(items, where, kind)
-    except MedaiError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # malformed attribute values surface as many types
-        raise ImageReadError(
-            where, f"unreadable DICOM content ({type(exc).__name__}: {exc})"
-        ) from exc
 
 
 def _stack(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) -> T:
     frames = _frames(items)
     order, affine, located = stack_affine([f for f, _ in frames], where)
-    decoded = [decode_frames(ds, path) for path, ds in items]
+    decoded = decode_many(items)
     rescale = any(f.slope != 1.0 or f.intercept != 0.0 for f, _ in frames)
-    bits = max(int(ds.get("BitsStored", 16) or 16) for _, ds in items)
-    dtype: type = np.float32 if bits <= 24 else np.float64
+    bits = max(int(header_value(ds, "BitsStored") or 16) for _, ds in items)
     needs_rescale = rescale or not issubclass(kind, LabelMap)
-    slices = []
-    for i in order:
-        geometry, owner = frames[i]
-        plane = decoded[owner][geometry.frame or 0]
-        slices.append(_rescaled(plane, geometry, dtype) if needs_rescale else plane)
-    volume = np.stack(slices, axis=-1)  # (rows, columns, samples, z)
-    array = volume.transpose(2, 1, 0, 3)  # (samples, x=column, y=row, z)
+    dtype = np.dtype(np.float32 if bits <= 24 else np.float64) if needs_rescale else None
+    volume = _assemble(frames, order, decoded, dtype)  # (z, rows, columns, samples)
+    array = volume.transpose(3, 2, 1, 0)  # (samples, x=column, y=row, z)
     meta = dataset_meta(items[0][1], items[0][0])
     meta.update(source=str(where), num_files=len(items), geometry_from_patient=located)
     try:
@@ -169,16 +190,23 @@ def _scan(
         if "Rows" not in ds:
             logger.info("skipping %s: not an image (no Rows attribute)", path)
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID: {path.name})")
+        uid = str(header_value(ds, "SeriesInstanceUID") or f"(no SeriesInstanceUID: {path.name})")
         groups.setdefault(uid, []).append((path, ds))
     for items in groups.values():  # file order matters only where no geometry is given
         items.sort(key=lambda item: (_instance_number(item[1]), str(item[0])))
     return groups
 
 
+def _series_number(ds: Dataset) -> int | None:
+    try:
+        return int(header_value(ds, "SeriesNumber"))
+    except (TypeError, ValueError):  # absent, empty or damaged
+        return None
+
+
 def _instance_number(ds: Dataset) -> int:
     try:
-        return int(ds.get("InstanceNumber", None))
+        return int(header_value(ds, "InstanceNumber"))
     except (TypeError, ValueError):
         return 2**31
 
@@ -252,9 +280,10 @@ def _series_info(uid: str, items: Sequence[tuple[Path, Dataset]], folder: Path) 
         orientation = "".join(str(c) for c in nib.orientations.aff2axcodes(affine))
     except MedaiError as exc:
         problem = str(exc).removeprefix(f"{folder}: ")
-    except Exception as exc:  # malformed attribute values surface as many types
-        problem = f"unreadable DICOM content ({type(exc).__name__}: {exc})"
-    number = ds.get("SeriesNumber")
+    except PASS_THROUGH:
+        raise
+    except BaseException as exc:  # malformed attribute values surface as many types
+        problem = f"unreadable DICOM content ({describe(exc)})"
     return SeriesInfo(
         uid=uid,
         modality=str(ds.get("Modality", "") or ""),
@@ -265,7 +294,7 @@ def _series_info(uid: str, items: Sequence[tuple[Path, Dataset]], folder: Path) 
         orientation=orientation,
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         patient_id=str(ds.get("PatientID", "") or ""),
-        series_number=int(number) if number not in (None, "") else None,
+        series_number=_series_number(ds),
         files=tuple(p for p, _ in items),
         problem=problem,
     )

@@ -27,30 +27,43 @@ ORIENTATION_TOL = 1e-4
 SPACING_REL_TOL = 0.01
 
 
+def _first_mismatch(values: NDArray[np.float64], *, rtol: float, atol: float) -> int | None:
+    """Index of the first row of ``values`` not close to row 0, or None."""
+    close = np.all(np.isclose(values, values[0], rtol=rtol, atol=atol), axis=1)
+    bad = np.flatnonzero(~close)
+    return int(bad[0]) if bad.size else None
+
+
 def _check_same_plane(frames: Sequence[FrameGeometry], where: Path) -> None:
     first = frames[0]
-    for frame in frames[1:]:
-        if (frame.rows, frame.columns) != (first.rows, first.columns):
-            raise GeometryError(
-                f"{where}: {frame.label} is {frame.rows}x{frame.columns} pixels but "
-                f"{first.label} is {first.rows}x{first.columns}; slices of one volume must match"
-            )
-        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
-            raise GeometryError(
-                f"{where}: pixel spacing {frame.pixel_spacing} of {frame.label} differs from "
-                f"{first.pixel_spacing} of {first.label}"
-            )
-        mine, theirs = frame.orientation, first.orientation
-        if (
-            mine is not None
-            and theirs is not None
-            and not np.allclose(mine, theirs, atol=ORIENTATION_TOL)
-        ):
-            raise GeometryError(
-                f"{where}: {frame.label} has orientation {mine.round(4).tolist()} but "
-                f"{first.label} has {theirs.round(4).tolist()}; is a localizer or another "
-                "plane mixed into the series?"
-            )
+    sizes = np.array([(f.rows, f.columns) for f in frames], dtype=np.float64)
+    bad = _first_mismatch(sizes, rtol=0.0, atol=0.0)
+    if bad is not None:
+        frame = frames[bad]
+        raise GeometryError(
+            f"{where}: {frame.label} is {frame.rows}x{frame.columns} pixels but "
+            f"{first.label} is {first.rows}x{first.columns}; slices of one volume must match"
+        )
+    spacings = np.array([f.pixel_spacing for f in frames], dtype=np.float64)
+    bad = _first_mismatch(spacings, rtol=1e-4, atol=1e-6)
+    if bad is not None:
+        frame = frames[bad]
+        raise GeometryError(
+            f"{where}: pixel spacing {frame.pixel_spacing} of {frame.label} differs from "
+            f"{first.pixel_spacing} of {first.label}"
+        )
+    if first.orientation is None:
+        return
+    located = [f for f in frames if f.orientation is not None]
+    orientations = np.array([f.orientation for f in located], dtype=np.float64)
+    bad = _first_mismatch(orientations, rtol=1e-5, atol=ORIENTATION_TOL)
+    if bad is not None:
+        mine, theirs = orientations[bad], first.orientation
+        raise GeometryError(
+            f"{where}: {located[bad].label} has orientation {mine.round(4).tolist()} but "
+            f"{first.label} has {theirs.round(4).tolist()}; is a localizer or another "
+            "plane mixed into the series?"
+        )
 
 
 def _nominal_step(gaps: NDArray[np.float64]) -> float:

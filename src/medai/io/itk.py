@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from medai.errors import ImageReadError
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
+from medai.io._guard import file_errors
 from medai.io.dicom_geometry import LPS_TO_RAS
 
 __all__ = ["ITK_SUFFIXES", "read_itk", "write_itk"]
@@ -55,6 +56,11 @@ def read_itk(path: str | Path, *, kind: type[T] = ScalarImage) -> T:  # type: ig
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise ImageReadError(path, f"not a readable NRRD/MetaImage file ({first})") from exc
+    with file_errors(path, "NRRD/MetaImage pixel data unreadable"):
+        return _to_image(image, path, kind)
+
+
+def _to_image(image: Any, path: Path, kind: type[T]) -> T:
     if image.GetDimension() not in (2, 3):
         raise ImageReadError(path, f"expected a 2D or 3D image; got {image.GetDimension()}D")
     data = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) or (y, x[, c])

@@ -16,6 +16,7 @@ import numpy as np
 from medai.errors import ImageReadError
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
+from medai.io._guard import file_errors
 
 __all__ = ["is_nifti", "read_nifti", "write_nifti"]
 
@@ -37,12 +38,10 @@ def read_nifti(path: str | Path, *, kind: type[T] = ScalarImage) -> T:  # type: 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
-    try:
+    with file_errors(path, "not a readable NIfTI file"):  # nibabel raises many types
         img: Any = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
         affine = img.affine
-    except Exception as exc:  # nibabel raises many types for bad files
-        raise ImageReadError(path, f"not a readable NIfTI file ({exc})") from exc
     if affine is None:
         raise ImageReadError(path, "NIfTI header has no usable affine (qform and sform unset)")
     data = np.squeeze(data, axis=tuple(range(4, data.ndim))) if data.ndim > 4 else data
@@ -55,7 +54,12 @@ def read_nifti(path: str | Path, *, kind: type[T] = ScalarImage) -> T:  # type: 
     elif not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
     meta: dict[str, Any] = {"source": str(path)}
-    return kind(data, affine, meta=meta)
+    try:
+        return kind(data, affine, meta=meta)
+    except (TypeError, ValueError) as exc:  # e.g. a singular or non-finite affine
+        raise ImageReadError(
+            path, f"NIfTI header or data unusable: {exc} (pixdim, qform and sform fields)"
+        ) from exc
 
 
 def _as_label_array(path: Path, data: np.ndarray) -> np.ndarray:

@@ -15,11 +15,11 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from medai.errors import ImageReadError, ImageWriteError
 from medai.fsutil import atomic_path
 from medai.image import Image, LabelMap, ScalarImage
+from medai.io._guard import file_errors
 from medai.io.dicom_geometry import LPS_TO_RAS
 
 __all__ = ["RASTER_SUFFIXES", "read_raster", "write_png"]
@@ -31,18 +31,16 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 def _load(path: Path) -> NDArray[Any]:
     if path.suffix.lower() in (".tif", ".tiff"):
-        try:
+        with file_errors(path, "not a readable TIFF file"):  # tifffile raises many types
             return np.asarray(tifffile.imread(path))
-        except Exception as exc:  # tifffile raises several types for bad files
-            raise ImageReadError(path, f"not a readable TIFF file ({exc})") from exc
-    try:
-        with PILImage.open(path) as handle:
-            handle.load()
-            if handle.mode in ("P", "PA", "CMYK", "YCbCr", "LA"):
-                return np.asarray(handle.convert("RGBA" if "A" in handle.mode else "RGB"))
-            return np.asarray(handle)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"not a readable {path.suffix} image ({exc})") from exc
+    with (
+        file_errors(path, f"not a readable {path.suffix} image"),  # Pillow: many types too
+        PILImage.open(path) as handle,
+    ):
+        handle.load()
+        if handle.mode in ("P", "PA", "CMYK", "YCbCr", "LA"):
+            return np.asarray(handle.convert("RGBA" if "A" in handle.mode else "RGB"))
+        return np.asarray(handle)
 
 
 def read_raster(path: str | Path, *, kind: type[T] = ScalarImage) -> T:  # type: ignore[assignment]
