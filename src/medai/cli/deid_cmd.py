@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from medai.cli.console import console, err_console, progress, user_errors
 from medai.errors import ConfigError
+from medai.fsutil import write_secret_text
 from medai.io.deid import KEY_ENV_VAR, generate_key, load_key
 from medai.io.deid_files import DeidReport, deidentify_path
 
@@ -44,10 +44,7 @@ def _new_key_file(path: Path | None) -> Path:
             f"key file {path} already exists; drop --generate-key to use it, or choose "
             "another path (never overwrite a project key: earlier outputs depend on it)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(generate_key() + "\n")
+    write_secret_text(path, generate_key() + "\n")  # 0600 from the start, atomic, no overwrite
     err_console.print(f"[yellow]wrote a new project key to {path}: keep it secret and safe[/]")
     return path
 

@@ -21,6 +21,7 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, progress, user_errors
+from medai.fsutil import write_secret_text
 from medai.image import ScalarImage
 from medai.io import find_series, read_image, write_image
 from medai.io.deid import generate_key
@@ -69,7 +70,7 @@ def _dicom_step(out: Path) -> None:
 
     key = generate_key()
     (out / "dicom").mkdir(parents=True, exist_ok=True)
-    (out / "dicom" / "deid.key").write_text(key, encoding="utf-8")
+    write_secret_text(out / "dicom" / "deid.key", key + "\n", overwrite=True)  # 0600
     with progress() as bar:
         task = bar.add_task("de-identifying", total=len(list(folder.glob("*.dcm"))))
         report = deidentify_path(

@@ -4,7 +4,8 @@ Geometry goes into ImagePositionPatient / ImageOrientationPatient / PixelSpacing
 (RAS+ converted to DICOM's LPS); intensities into 16-bit integers with a rescale
 slope/intercept chosen so the decoded values are within half a step of the input
 (exact for integer data that fits in 16 bits). The series appears atomically: the
-files are written into a hidden sibling folder that is renamed into place.
+files are written into a hidden sibling folder, flushed to disk, and the folder is
+renamed into place.
 
 Example:
     >>> paths = write_dicom_series(image, "out/series1", patient_id="P1",
@@ -35,6 +36,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medai.errors import ConfigError, ImageWriteError
+from medai.fsutil import fsync_dir, fsync_tree
 from medai.image import Image
 from medai.io.dicom_geometry import LPS_TO_RAS
 
@@ -166,12 +168,14 @@ def _slice_file(base: Dataset, enc: _Encoding, lps: NDArray[np.float64], k: int)
 
 
 def _publish(staging: Path, folder: Path, overwrite: bool) -> None:
-    """Rename the finished ``staging`` folder onto ``folder``."""
+    """Flush the finished ``staging`` folder to disk, then rename it onto ``folder``."""
+    fsync_tree(staging)
     old: Path | None = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
         folder.rename(old)
     staging.rename(folder)
+    fsync_dir(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
