@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import rankdata
 
 from medai.evaluation._validate import as_labels, as_scores, check_average, check_probabilities
+from medai.evaluation.calibration import compute_ece
 
 __all__ = [
     "Average",
@@ -335,8 +336,6 @@ def compute_classification_metrics(
         threshold: Operating point for binary hard labels.
         average: ``"macro"`` or ``"micro"`` for multi-class label and score metrics.
     """
-    from medai.evaluation.calibration import compute_ece
-
     pred = predicted_labels(y_score, threshold=threshold)
     label_average = (
         Average.BINARY if np.ndim(y_score) == 1 else check_average(average, _SCORE_AVERAGES)
