@@ -46,7 +46,14 @@ class ValidationInfo:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run left behind."""
+    """What a finished run left behind.
+
+    ``best_dice`` is the best validation's Dice per region with the innermost region's
+    (ET's) volume threshold cross-fitted: each validation case is scored at the threshold
+    chosen on the other validation cases. ``best_dice_tuned`` holds that region's Dice
+    with the threshold chosen on the very cases it is scored on (optimistic; empty when
+    no threshold was tuned). ``best_score`` is the mean of ``best_dice``.
+    """
 
     run_dir: Path
     best_score: float
@@ -56,6 +63,7 @@ class RunResult:
     steps: int
     stopped: StopReason
     kpis: dict[str, Any] = field(default_factory=dict)
+    best_dice_tuned: dict[str, float] = field(default_factory=dict)
 
 
 class TrainCallback:

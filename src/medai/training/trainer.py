@@ -43,7 +43,7 @@ from medai.training.distributed import (
 from medai.training.networks import build_network
 from medai.training.recipe import build_loss, lr_at, rng_state, seed_all, set_rng_state
 from medai.training.records import peak_memory_mb, plot_curve, write_json, write_metrics
-from medai.training.validation import CaseScore, choose_inner_threshold, validate
+from medai.training.validation import DICE_PROTOCOL, CaseScore, fit_inner_threshold, validate
 
 __all__ = ["split_train_val", "train"]
 
@@ -374,14 +374,7 @@ class _Trainer:
         st = self.state
         if st["best_score"] is None:
             self._save_model("model.pt")
-        best_dice = dict(st["best_dice"])
-        if len(self.plan.regions) > 1 and st["best_scores"]:
-            scores = [CaseScore(**s) for s in st["best_scores"]]
-            thr, inner_dice = choose_inner_threshold(scores)
-            inner = min(self.plan.regions, key=lambda n: len(self.plan.regions[n]))
-            self.plan.inference.et_min_volume_ml = thr
-            best_dice[inner] = inner_dice
-            self.plan.notes["learned_inner_threshold"] = {"region": inner, "min_volume_ml": thr}
+        best_dice, tuned_dice, validation = self._fit_inner_threshold()
         kpis = {
             "time_to_preprocess_s": round(self.time_to_preprocess, 2),
             "time_to_train_s": round(self.elapsed(), 2),
@@ -400,9 +393,7 @@ class _Trainer:
             save_plan(self.plan, self.out / "plan.yaml")
             self._patch_model_plan()
             write_json(self.out / "kpis.json", kpis)
-            write_json(
-                self.out / "validation.json", {"best_dice": best_dice, "cases": st["best_scores"]}
-            )
+            write_json(self.out / "validation.json", validation)
             if st["history"]:
                 plot_curve(self.out, st["history"])
         best = float(np.mean(list(best_dice.values()))) if best_dice else float("nan")
@@ -415,10 +406,41 @@ class _Trainer:
             steps=st["global_step"],
             stopped=stopped,
             kpis=kpis,
+            best_dice_tuned=tuned_dice,
         )
         for cb in self.callbacks:
             cb.on_end(result)
         return result
+
+    def _fit_inner_threshold(self) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+        """Choose the innermost-region (ET) threshold on the best validation's cases.
+
+        Returns the best Dice with that region cross-fitted (leave-one-out: honest), its
+        Dice tuned on the cases it is scored on (optimistic; empty when nothing was
+        tuned), and the ``validation.json`` record.
+        """
+        st = self.state
+        best, cases = dict(st["best_dice"]), st["best_scores"]
+        fit = fit_inner_threshold([CaseScore(**s) for s in cases], self.plan.regions)
+        if fit is None:
+            return best, {}, {"best_epoch": st["best_epoch"], "best_dice": best, "cases": cases}
+        self.plan.inference.et_min_volume_ml = fit.min_volume_ml
+        self.plan.notes["learned_inner_threshold"] = {
+            "region": fit.region,
+            "min_volume_ml": fit.min_volume_ml,
+            "validation_cases": len(cases),
+        }
+        tuned = {fit.region: fit.tuned_dice}
+        best[fit.region] = fit.cross_fitted_dice
+        record = {
+            "best_epoch": st["best_epoch"],
+            "best_dice": best,
+            "best_dice_tuned": tuned,
+            "protocol": DICE_PROTOCOL.format(inner=fit.region),
+            "inner_threshold": asdict(fit),
+            "cases": cases,
+        }
+        return best, tuned, record
 
     def _patch_model_plan(self) -> None:
         """Store the final plan (with the learnt threshold) inside ``model.pt``."""
