@@ -90,8 +90,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     plan = Plan(channels=dataset.channels, labels=dataset.labels, regions=dataset.regions)
     run = root / "run"
     train(manifest, apply_overrides(plan, TINY), run, device="cpu")
-    # what the trainer is asked to write: the dataset the run was trained on
-    (run / "run.json").write_text(json.dumps({"dataset": str(manifest)}), encoding="utf-8")
+    # the trainer names the dataset it was trained on; evaluate_run finds it there
+    assert json.loads((run / "run.json").read_text()) == {"dataset": str(manifest.resolve())}
     return run, manifest
 
 
@@ -132,6 +132,9 @@ def test_metrics_json_matches_independent_dice(
                 expected = 2 * np.count_nonzero(p & r) / (p.sum() + r.sum())
             assert row[f"{region}/dice"] == pytest.approx(expected, abs=1e-12)
             assert row[f"{region}/dice"] == pytest.approx(compute_dice(p, r), abs=1e-12)
+    # predictions are not empty: off the planted site, every case's tumour is found
+    found = [c["WT/dice"] for c in doc["cases"] if not c["case_id"].startswith("test_C")]
+    assert min(found) > 0.7, found  # measured: 0.88 and up
     for split, part in doc["splits"].items():
         values = [c["WT/dice"] for c in doc["cases"] if c["split"] == split]
         wt = part["aggregate"]["WT/dice"]
@@ -310,6 +313,7 @@ def test_reuse_predictions_reads_newer_files_only(
         device="cpu",
     )  # fmt: skip
     row = again.per_case.set_index("case_id").loc[first["case_id"]]
+    assert first["WT/dice"] > 0.5  # the model's own prediction of that case overlaps
     assert row["WT/dice"] == 0.0  # the planted empty prediction was read, not re-predicted
     others = again.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
     expected = result.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
