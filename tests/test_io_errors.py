@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 
 from medai.errors import GeometryError, ImageReadError
 from medai.image import ScalarImage
@@ -144,3 +146,83 @@ def test_truncated_file_inside_a_series_folder(tmp_path: Path) -> None:
     files[2].write_bytes(files[2].read_bytes()[:-7])
     with pytest.raises(ImageReadError, match=r"slice_0003\.dcm: pixel data is truncated"):
         read_dicom_series(tmp_path / "s")
+
+
+# --- failures found by tests/test_fuzz_readers.py, kept as exact regressions ----------
+
+PYDICOM_DATA = Path(pydicom.__file__).parent.parent / "data_store" / "data"
+PYDICOM_TESTS = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _damaged(source: Path, folder: Path, edits: list[tuple[int, bytes | int]]) -> Path:
+    """A copy of ``source`` with bytes written at offsets (bytes) or deleted (int count)."""
+    data = bytearray(source.read_bytes())
+    for at, change in edits:
+        if isinstance(change, int):
+            del data[at : at + change]
+        else:
+            data[at : at + len(change)] = change
+    path = folder / source.name
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_rle_decoder_panic_names_file_and_frame(tmp_path: Path) -> None:
+    """pylibjpeg-rle panics on this stream; pyo3's PanicException is a BaseException."""
+    path = _damaged(PYDICOM_DATA / "emri_small_RLE.dcm", tmp_path, [(43055, 1636)])
+    with pytest.raises(
+        ImageReadError,
+        match=r"emri_small_RLE\.dcm: frame 8 of the pixel data cannot be decoded "
+        r"\(PanicException: index out of bounds",
+    ):
+        read_dicom(path)
+
+
+def test_rle_decoder_panic_in_a_single_frame_file(tmp_path: Path) -> None:
+    edit = (5819, bytes.fromhex("833c4ebb624a03c827eb399ab30967ddede46636"))
+    path = _damaged(PYDICOM_TESTS / "MR_small_RLE.dcm", tmp_path, [edit])
+    with pytest.raises(
+        ImageReadError,
+        match=r"MR_small_RLE\.dcm: pixel data cannot be decoded \(PanicException",
+    ):
+        read_image(path)
+
+
+def test_damaged_series_number_does_not_break_find_series(tmp_path: Path) -> None:
+    files = _series(tmp_path / "s")
+    raw = pydicom.dcmread(files[1]).get_item(0x00200011)  # SeriesNumber, IS "1 "
+    _damaged(files[1], tmp_path / "s", [(raw.value_tell, b"1\x85")])
+    (info,) = find_series(tmp_path / "s")
+    assert info.num_files == 5
+    assert info.size == (4, 3, 5)
+
+
+def test_nifti_with_a_singular_affine(tmp_path: Path) -> None:
+    path = tmp_path / "flat.nii"
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), np.eye(4)), path)
+    _damaged(path, tmp_path, [(312, bytes(16))])  # srow_z = 0: the sform has no z axis
+    with pytest.raises(
+        ImageReadError, match=r"flat\.nii: NIfTI header or data unusable: affine is singular"
+    ):
+        read_image(path)
+
+
+def test_damaged_frame_in_a_compressed_series_is_named(tmp_path: Path) -> None:
+    """Frames of a compressed series are decoded in threads; a bad one names its file."""
+    files = _series(tmp_path / "s", nz=6)
+    expected = read_dicom_series(tmp_path / "s").numpy3d()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    for threads in (1, 3):
+        back = read_dicom_series(tmp_path / "s", threads=threads).numpy3d()
+        np.testing.assert_array_equal(back, expected)
+    raw = pydicom.dcmread(files[4]).get_item(0x7FE00010)
+    offsets = int.from_bytes(raw.value[4:8], "little")  # basic offset table length
+    header = raw.value_tell + 8 + offsets + 8  # RLE header: segment count, then offsets
+    _damaged(files[4], tmp_path / "s", [(header + 4, (0xFFFF).to_bytes(4, "little"))])
+    with pytest.raises(
+        ImageReadError, match=r"slice_0005\.dcm: pixel data cannot be decoded \(RuntimeError"
+    ):
+        read_dicom_series(tmp_path / "s", threads=3)

@@ -118,17 +118,21 @@ def _rescale_in_place(values: NDArray[Any], slope: float, intercept: float) -> N
         values += intercept
 
 
-def _build(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) -> T:
+def _build(
+    items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T], threads: int | None
+) -> T:
     """Stack the frames of ``items`` (read with pixels) into one image; any failure is a
     medai error naming ``where``."""
     with file_errors(where, "unreadable DICOM content"):  # bad values raise many types
-        return _stack(items, where, kind)
+        return _stack(items, where, kind, threads)
 
 
-def _stack(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) -> T:
+def _stack(
+    items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T], threads: int | None
+) -> T:
     frames = _frames(items)
     order, affine, located = stack_affine([f for f, _ in frames], where)
-    decoded = decode_many(items)
+    decoded = decode_many(items, threads=threads)
     rescale = any(f.slope != 1.0 or f.intercept != 0.0 for f, _ in frames)
     bits = max(int(header_value(ds, "BitsStored") or 16) for _, ds in items)
     needs_rescale = rescale or not issubclass(kind, LabelMap)
@@ -143,22 +147,28 @@ def _stack(items: Sequence[tuple[Path, Dataset]], where: Path, kind: type[T]) ->
         raise ImageReadError(where, str(exc)) from exc
 
 
-def read_dicom(path: str | Path, *, kind: type[T] = ScalarImage) -> T:  # type: ignore[assignment]
+def read_dicom(
+    path: str | Path,
+    *,
+    kind: type[T] = ScalarImage,  # type: ignore[assignment]
+    threads: int | None = None,
+) -> T:
     """Read one DICOM file (single frame, classic or enhanced multi-frame).
 
     Files without patient geometry (ultrasound, secondary capture, radiographs) get
     a default axial plane with PixelSpacing/ImagerPixelSpacing (or 1 mm);
     ``image.meta["geometry_from_patient"]`` is then ``False``. Colour (RGB, YBR,
-    palette) becomes three channels.
+    palette) becomes three channels. The frames of a compressed multi-frame file are
+    decoded in ``threads`` threads (by default one per usable core, at most 8).
 
     Raises:
         ImageReadError: If the file is missing, not DICOM, truncated, has no or
-            undecodable pixel data.
+            undecodable pixel data (the message names the frame of a multi-frame file).
         GeometryError: If its frames do not form a regular volume.
     """
     path = Path(path)
     with pydicom_warnings_to_log(path):
-        return _build([(path, load_dataset(path))], path, kind)
+        return _build([(path, load_dataset(path))], path, kind, threads)
 
 
 def _candidate_files(folder: Path) -> list[Path]:
@@ -243,13 +253,20 @@ def read_dicom_series(
     *,
     kind: type[T] = ScalarImage,  # type: ignore[assignment]
     series_uid: str | None = None,
+    threads: int | None = None,
 ) -> T:
     """Read a DICOM series from a folder (searched recursively) as one volume.
+
+    Only the header is parsed before the files are grouped and checked; native pixel
+    data is then read straight from each file, and compressed frames are decoded in
+    parallel threads.
 
     Args:
         source: Folder holding the series' files (non-DICOM files are skipped).
         kind: :class:`ScalarImage` or :class:`LabelMap`.
         series_uid: Which series to read when the folder holds several.
+        threads: Threads decoding compressed frames; by default one per usable core
+            (at most 8). Native (uncompressed) data needs none.
 
     Raises:
         ImageReadError: If there is no image series, several without ``series_uid``,
@@ -259,7 +276,7 @@ def read_dicom_series(
     folder = Path(source)
     with pydicom_warnings_to_log(folder):
         items = _select(folder, _scan(folder, pixels=True), series_uid)
-        image = _build(items, folder, kind)
+        image = _build(items, folder, kind, threads)
     image.meta["files"] = [str(p) for p, _ in items]
     return image
 

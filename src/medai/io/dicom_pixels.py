@@ -80,6 +80,8 @@ def _syntax(ds: Dataset) -> UID | None:
 
 def _native_dtype(ds: Dataset, syntax: UID) -> tuple[np.dtype[Any], int] | None:
     """The dtype and bits stored of native monochrome data read as a plain view, or None."""
+    if syntax.is_encapsulated:
+        return None
     if header_value(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     if _int(ds, "SamplesPerPixel", 1) != 1:
@@ -183,11 +185,18 @@ def _decode(ds: Dataset, path: Path, frames: int, index: int | None) -> NDArray[
         raise _failure(path, exc, index if frames > 1 else None) from exc
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @contextmanager
-def _pool(tasks: int) -> Iterator[Callable[..., Iterator[Any]]]:
-    """``map`` over threads when there are several tasks and several usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(MAX_DECODE_THREADS, cores or 1, tasks)
+def _pool(tasks: int, threads: int | None) -> Iterator[Callable[..., Iterator[Any]]]:
+    """``map`` over threads when there are several tasks and several threads allowed."""
+    allowed = min(MAX_DECODE_THREADS, usable_cores()) if threads is None else threads
+    workers = min(allowed, tasks)
     if workers <= 1:
         yield map
         return
@@ -210,11 +219,13 @@ def _plan(ds: Dataset, path: Path) -> tuple[NDArray[Any] | None, int, bool]:
     return native, frames, encapsulated
 
 
-def decode_many(items: Sequence[tuple[Path, Dataset]]) -> list[NDArray[Any]]:
+def decode_many(
+    items: Sequence[tuple[Path, Dataset]], *, threads: int | None = None
+) -> list[NDArray[Any]]:
     """The frames of every file, each ``(frames, rows, columns, samples)`` (RGB for colour).
 
-    Native data is read directly; compressed frames are decoded in threads when there
-    are several frames and several usable cores.
+    Native data is read directly; compressed frames are decoded in ``threads`` threads
+    (by default one per usable core, at most :data:`MAX_DECODE_THREADS`).
 
     Raises:
         ImageReadError: If a file has no pixel data or a frame cannot be decoded; the
@@ -234,7 +245,7 @@ def decode_many(items: Sequence[tuple[Path, Dataset]]) -> list[NDArray[Any]]:
         return _decode(ds, path, plans[i][1], index)
 
     decoded: dict[int, list[NDArray[Any]]] = {}
-    with _pool(len(jobs)) as mapper:
+    with _pool(len(jobs), threads) as mapper:
         for (i, _index), frame in zip(jobs, mapper(run, jobs), strict=True):
             decoded.setdefault(i, []).append(frame)
     out = []
