@@ -58,8 +58,11 @@ def test_resample_matches_simpleitk_linear() -> None:
 
 def test_label_resampling_is_nearest() -> None:
     lab = LabelMap(np.array([[[0, 3], [2, 1]]], dtype=np.uint8).reshape(2, 2, 1))
-    out = resample_to_grid(lab, (4, 4, 1), np.diag([0.5, 0.5, 1.0, 1.0]) + np.diag([0, 0, 0, 0]))
-    assert set(np.unique(out.array)) <= {0, 1, 2, 3}
+    # target voxels at 0, 1/3, 2/3 and 1 mm: nearest copies each label twice; linear
+    # interpolation would blend 0 and 3 into 1 and 2 at the 1/3 and 2/3 positions
+    out = resample_to_grid(lab, (4, 4, 1), np.diag([1 / 3, 1 / 3, 1.0, 1.0]))
+    expected = np.repeat(np.repeat(lab.array, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(out.array, expected)
     assert out.array.dtype == lab.array.dtype
 
 

@@ -296,7 +296,7 @@ def test_catalogue_and_settings_validation() -> None:
     assert len(feature_catalogue((Aggregation.D3_MERGED,))) == 74 + 25 + 16
     with pytest.raises(ValidationError, match="swap the bounds"):
         RadiomicsSettings(resegment_range=(10.0, 0.0))
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"bin_number\n.*greater than or equal to 1"):
         RadiomicsSettings(bin_number=0)
     with pytest.raises(ValidationError, match="needs one of the aggregations"):
         RadiomicsSettings(families=(Family.GLCM,), aggregations=(Aggregation.D3,))
