@@ -22,9 +22,18 @@ from medai.errors import GeometryError
 from medai.image import Image, LabelMap
 from medai.radiomics.settings import Discretisation, RadiomicsSettings
 
-__all__ = ["Roi", "discretise", "lower_bound", "prepare_roi"]
+__all__ = ["MASK_TOLERANCE", "Roi", "discretise", "lower_bound", "prepare_roi", "round_intensities"]
 
 logger = logging.getLogger(__name__)
+
+#: Slack on the partial-volume threshold: an interpolated mask value that is exactly
+#: the threshold in exact arithmetic (e.g. 0.5 between an inside and an outside voxel)
+#: can come out a few ulp below it; IBSI (E8H9) includes it (``R ≥ δ``).
+MASK_TOLERANCE = 1e-9
+#: Extra crop margin (voxels) per spline order so that the spline pre-filter on the
+#: crop equals the one on the whole image to ~1e-12 of the intensity range: the
+#: pre-filter's influence decays as ``|z|^k`` with ``z`` its largest pole.
+_SPLINE_MARGIN = {2: 16, 3: 21, 4: 27, 5: 33}
 
 
 @dataclass(frozen=True)
@@ -128,27 +137,43 @@ def _new_grid(
 
     The new grid of voxel size ``target`` covers the whole image with
     ``ceil(n · s_old / s_new)`` points and shares its centre with the original grid
-    (IBSI "align grid centres"); only the points inside the crop are kept.
+    (IBSI "align grid centres", QCY4); only the points inside the crop are kept. Where
+    the crop reaches the image border, the grid points beyond the outermost voxel
+    centre (always less than half a voxel beyond it) are kept too: IBSI (026Q)
+    extrapolates them by padding with the border values.
     """
     coords = []
     for n, sl, s_old, s_new in zip(full_shape, box, spacing, target, strict=True):
         n_new = max(math.ceil(n * s_old / s_new), 1)
         x = (n - 1) / 2.0 + (np.arange(n_new) - (n_new - 1) / 2.0) * s_new / s_old
         start, stop = int(sl.start), int(sl.stop)
-        keep = (x >= start - 1e-9) & (x <= stop - 1 + 1e-9)
+        above = x > -1.0 if start == 0 else x >= start - 1e-9
+        below = x < n if stop == n else x <= stop - 1 + 1e-9
+        keep = above & below
         coords.append(np.asarray(x[keep] - start, dtype=np.float64))
     return coords
 
 
 def _resample(
-    data: NDArray[Any], coords: list[NDArray[np.float64]], order: int
+    data: NDArray[Any], coords: list[NDArray[np.float64]], order: int, mode: str
 ) -> NDArray[np.float64]:
-    """Values of ``data`` at the grid ``coords`` (spline ``order``, 0 outside)."""
+    """Values of ``data`` at the grid ``coords`` (spline ``order``, ``mode`` outside)."""
     grid = np.meshgrid(*coords, indexing="ij")
     out = ndimage.map_coordinates(
-        data.astype(np.float64), grid, order=order, mode="constant", cval=0.0, prefilter=order > 1
+        data.astype(np.float64), grid, order=order, mode=mode, cval=0.0, prefilter=order > 1
     )
     return np.asarray(out, dtype=np.float64)
+
+
+def round_intensities(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Interpolated intensities rounded to integers (IBSI 68QD), ties to even.
+
+    Grid ratios such as 1.5 mm → 2 mm put new voxels exactly halfway between old ones,
+    so exact ties (``k + ½``) are common; interpolation leaves them a few ulp off, which
+    would let floating-point noise pick the direction. Snapping to 1e-6 first makes
+    every exact tie round to the even integer, as NumPy and MIRP do.
+    """
+    return np.asarray(np.round(np.round(values, 6)), dtype=np.float64)
 
 
 def _resample_all(
@@ -157,28 +182,42 @@ def _resample_all(
     coords: list[NDArray[np.float64]],
     settings: RadiomicsSettings,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]:
-    """Resampled intensities, in-image flags and morphological mask of a crop."""
+    """Resampled intensities, in-image flags and morphological mask of a crop.
+
+    Grid points beyond the outermost voxel centres (less than half a voxel out, so
+    still inside the image's extent) take the border values: IBSI (026Q) pads the
+    grid with them, for the image and, here, for the mask alike. The mask is
+    interpolated linearly and kept where it reaches ``mask_threshold`` (IBSI E8H9).
+    """
     finite = np.isfinite(crop)
-    image = _resample(np.where(finite, crop, 0.0), coords, settings.interpolation_order)
+    order = settings.interpolation_order
+    image = _resample(np.where(finite, crop, 0.0), coords, order, "nearest")
     if settings.round_intensities:
-        image = np.round(image)
-    inside = _resample(finite.astype(np.float64), coords, 1) > 0.5
-    morph = _resample(region.astype(np.float64), coords, 1)
-    return image, inside, morph >= settings.mask_threshold
+        image = round_intensities(image)
+    inside = _resample(finite.astype(np.float64), coords, 1, "nearest") > 0.5
+    morph = _resample(region.astype(np.float64), coords, 1, "nearest")
+    return image, inside, morph >= settings.mask_threshold - MASK_TOLERANCE
 
 
 def _resegment(
     values: NDArray[np.float64], morph: NDArray[np.bool_], settings: RadiomicsSettings
 ) -> NDArray[np.bool_]:
-    keep = morph & np.isfinite(values)
+    """Intensity mask: the ROI within the re-segmentation range and the outlier range.
+
+    IBSI (IF9H, 7ACA): the outlier range ``μ ± kσ`` comes from the grey levels of the
+    ROI voxels; combined methods keep the intersection of their ranges, so ``μ`` and
+    ``σ`` do not depend on the re-segmentation range.
+    """
+    roi = morph & np.isfinite(values)
+    keep = roi.copy()
     if settings.resegment_range is not None:
         low, high = settings.resegment_range
         if low is not None:
             keep &= values >= low
         if high is not None:
             keep &= values <= high
-    if settings.outlier_sigma is not None and keep.any():
-        inner = values[keep]
+    if settings.outlier_sigma is not None and roi.any():
+        inner = values[roi]
         mu, sd = float(inner.mean()), float(inner.std())
         keep &= np.abs(values - mu) <= settings.outlier_sigma * sd
     return keep
@@ -215,6 +254,33 @@ def _fixed_width(
     return np.maximum(grey, 1), lower
 
 
+def _resampled_crop(
+    data: NDArray[np.float64],
+    region: NDArray[np.bool_],
+    grids: tuple[tuple[float, float, float], tuple[float, float, float]],
+    margin: list[int],
+    settings: RadiomicsSettings,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_], list[tuple[int, int]]]:
+    """Resample a crop around the ROI from ``grids`` = (old, new) spacing.
+
+    Returns the resampled intensities, in-image flags and morphological mask cut to the
+    ROI box ± ``margin`` (new voxels), and the padding still needed beyond the image.
+    The crop is wider than ``margin`` by the spline pre-filter's reach, so that the
+    result equals interpolating the whole image.
+    """
+    extra = _SPLINE_MARGIN.get(settings.interpolation_order, 0)
+    box, _ = _crop_box(region, [m + extra for m in margin])
+    coords = _new_grid(data.shape, box, *grids)
+    crop, inside, morph = _resample_all(data[box], region[box], coords, settings)
+    if not morph.any():
+        raise ValueError(
+            "the ROI vanished after resampling (thinner than the new voxel size); "
+            "use a finer resample_spacing or a lower mask_threshold"
+        )
+    sub, pads = _crop_box(morph, margin)
+    return crop[sub], inside[sub], morph[sub], pads
+
+
 def prepare_roi(
     image: Image,
     mask: LabelMap,
@@ -247,20 +313,15 @@ def prepare_roi(
     radius_mm = (3.0 * settings.peak_volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
     target = settings.resample_spacing or spacing
     margin = [math.ceil(radius_mm / min(s, t)) + 2 for s, t in zip(spacing, target, strict=True)]
-    box, pads = _crop_box(region, margin)
-    crop, crop_region = data[box], region[box]
-    inside = np.ones(crop.shape, dtype=bool)
-    if settings.resample_spacing is not None:
-        coords = _new_grid(data.shape, box, spacing, settings.resample_spacing)
-        crop, inside, crop_region = _resample_all(crop, crop_region, coords, settings)
-        pads = [(margin[a], margin[a]) for a in range(3)]
+    if settings.resample_spacing is None:
+        box, pads = _crop_box(region, margin)
+        crop, crop_region = data[box], region[box]
+        inside = np.ones(crop.shape, dtype=bool)
+    else:
+        grids = (spacing, settings.resample_spacing)
+        crop, inside, crop_region, pads = _resampled_crop(data, region, grids, margin, settings)
         spacing = settings.resample_spacing
     morph = np.pad(crop_region, pads)
-    if not morph.any():
-        raise ValueError(
-            "the ROI vanished after resampling (thinner than the new voxel size); "
-            "use a finer resample_spacing or a lower mask_threshold"
-        )
     crop = np.pad(crop, pads)
     inside = np.pad(inside, pads)
     int_mask = _resegment(crop, morph, settings)
