@@ -6,11 +6,24 @@ level::
 
     python radiomics_peer_workers.py {medai|pyradiomics|mirp} JOB.json OUT.json
 
-JOB.json: ``{"rois": [{"name", "image", "mask"}], "bin_number": 32}``; images and masks
-are 3D NIfTI files on the same grid (mask: 1 inside the ROI). OUT.json maps each ROI
-name to ``{"seconds": float, "features": {name: value}}``. The time covers reading
-both files and extracting every feature the tool offers for the original image; one
-untimed warm-up call on the first ROI absorbs import and first-call costs.
+JOB.json: ``{"rois": [{"name", "image", "mask"}], "config": {...}, "repeats": 5}``;
+images and masks are 3D NIfTI files on the same grid (mask: 1 inside the ROI). The
+config says what every tool must do, in tool-neutral words:
+
+- ``spacing``: isotropic voxel size (mm) to resample to, or ``null`` for none. Grids
+  are centre-aligned (IBSI); the image is interpolated with a spline of ``order``
+  (1 trilinear, 3 tricubic), the ROI mask linearly and kept where it is ≥ 0.5; no
+  anti-aliasing filter.
+- ``round``: round intensities to integers after interpolation (IBSI, as for CT).
+- ``range``: ``[low, high]`` re-segmentation range or ``null``; ``sigma``: outlier
+  filtering at mean ± sigma·SD of the ROI, or ``null``.
+- ``discretisation``: ``"fbn"`` (``bin_number`` bins) or ``"fbs"`` (``bin_width``,
+  from the range's lower bound).
+
+OUT.json maps each ROI name to ``{"seconds": [float per repeat], "features": {name:
+value or null}}``. Each time covers reading both files and extracting every feature the
+tool offers for the original image; one untimed warm-up call on the first ROI absorbs
+import and first-call costs. Features come from the first repeat.
 """
 
 from __future__ import annotations
@@ -38,13 +51,31 @@ def _clean(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def medai_extractor(bin_number: int) -> Extractor:
-    """medai with fixed bin number, every family, 3D aggregations, no resampling."""
+def _is_plain(config: dict[str, Any]) -> bool:
+    """True when the config asks for no resampling and no re-segmentation."""
+    keys = ("spacing", "range", "sigma")
+    return not config.get("round") and all(config.get(k) is None for k in keys)
+
+
+def medai_extractor(config: dict[str, Any]) -> Extractor:
+    """medai, every family, 3D aggregations."""
     from medai.image import LabelMap, ScalarImage
     from medai.io.nifti import read_nifti
     from medai.radiomics import RadiomicsSettings, extract_features
 
-    settings = RadiomicsSettings(discretisation="fixed_bin_number", bin_number=bin_number)
+    spacing = config.get("spacing")
+    fbn = config["discretisation"] == "fbn"
+    settings = RadiomicsSettings(
+        discretisation="fixed_bin_number" if fbn else "fixed_bin_size",
+        bin_number=int(config.get("bin_number", 32)),
+        bin_width=float(config.get("bin_width", 25.0)),
+        resample_spacing=None if spacing is None else (spacing, spacing, spacing),
+        interpolation_order=int(config.get("order", 1)),
+        mask_threshold=0.5,
+        round_intensities=bool(config.get("round")),
+        resegment_range=None if config.get("range") is None else tuple(config["range"]),
+        outlier_sigma=config.get("sigma"),
+    )
 
     def run(image: str, mask: str) -> dict[str, float]:
         img = read_nifti(image, kind=ScalarImage)
@@ -54,15 +85,17 @@ def medai_extractor(bin_number: int) -> Extractor:
     return run
 
 
-def pyradiomics_extractor(bin_number: int) -> Extractor:
-    """PyRadiomics 3.0.1, original image, every feature class, no resampling."""
+def pyradiomics_extractor(config: dict[str, Any]) -> Extractor:
+    """PyRadiomics 3.0.1, original image, every feature class (plain configs only)."""
+    if not _is_plain(config) or config["discretisation"] != "fbn":
+        raise SystemExit("the PyRadiomics worker runs the plain fixed-bin-number config only")
     import radiomics
     import SimpleITK as sitk  # noqa: N813 (the conventional alias)
     from radiomics import featureextractor
 
     radiomics.setVerbosity(logging.ERROR)
     extractor = featureextractor.RadiomicsFeatureExtractor(
-        binCount=bin_number, resampledPixelSpacing=None, label=1, force2D=False
+        binCount=int(config["bin_number"]), resampledPixelSpacing=None, label=1, force2D=False
     )
     extractor.disableAllImageTypes()
     extractor.enableImageTypeByName("Original")
@@ -75,15 +108,11 @@ def pyradiomics_extractor(bin_number: int) -> Extractor:
     return run
 
 
-def mirp_extractor(bin_number: int) -> Extractor:
-    """MIRP, every base family, 3D averaged + merged texture, no interpolation."""
-    logging.disable(logging.INFO)
-    from mirp import extract_features
-
+def mirp_options(config: dict[str, Any]) -> dict[str, Any]:
+    """MIRP keyword arguments for a tool-neutral config (no approximations)."""
     options: dict[str, Any] = {
+        "no_approximation": True,  # exact Moran's I / Geary's C on every ROI
         "base_feature_families": "all",
-        "base_discretisation_method": "fixed_bin_number",
-        "base_discretisation_n_bins": bin_number,
         "ivh_discretisation_method": "fixed_bin_number",
         "ivh_discretisation_n_bins": 1000,  # IBSI advice for MR; medai default
         "glcm_spatial_method": ["3d_average", "3d_volume_merge"],
@@ -93,6 +122,35 @@ def mirp_extractor(bin_number: int) -> Extractor:
         "ngtdm_spatial_method": "3d",
         "ngldm_spatial_method": "3d",
     }
+    if config["discretisation"] == "fbn":
+        options["base_discretisation_method"] = "fixed_bin_number"
+        options["base_discretisation_n_bins"] = int(config["bin_number"])
+    else:
+        options["base_discretisation_method"] = "fixed_bin_size"
+        options["base_discretisation_bin_width"] = float(config["bin_width"])
+    if config.get("spacing") is not None:
+        options.update(
+            new_spacing=float(config["spacing"]),
+            spline_order=int(config.get("order", 1)),
+            anti_aliasing=False,  # IBSI chapter 1 interpolates without a pre-filter
+            roi_spline_order=1,
+            roi_interpolation_mask_inclusion_threshold=0.5,
+        )
+    if config.get("round"):
+        options["image_modality"] = "CT"  # MIRP rounds CT intensities after interpolation
+    if config.get("range") is not None:
+        options["resegmentation_intensity_range"] = [float(v) for v in config["range"]]
+    if config.get("sigma") is not None:
+        options["resegmentation_sigma"] = float(config["sigma"])
+    return options
+
+
+def mirp_extractor(config: dict[str, Any]) -> Extractor:
+    """MIRP, every base family, 3D averaged + merged texture."""
+    logging.disable(logging.INFO)
+    from mirp import extract_features
+
+    options = mirp_options(config)
 
     def run(image: str, mask: str) -> dict[str, float]:
         tables = extract_features(
@@ -104,7 +162,7 @@ def mirp_extractor(bin_number: int) -> Extractor:
     return run
 
 
-TOOLS: dict[str, Callable[[int], Extractor]] = {
+TOOLS: dict[str, Callable[[dict[str, Any]], Extractor]] = {
     "medai": medai_extractor,
     "pyradiomics": pyradiomics_extractor,
     "mirp": mirp_extractor,
@@ -118,14 +176,17 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[2], encoding="utf-8") as fh:
         job = json.load(fh)
-    run = TOOLS[argv[1]](int(job["bin_number"]))
-    rois = job["rois"]
+    run = TOOLS[argv[1]](job["config"])
+    rois, repeats = job["rois"], max(int(job.get("repeats", 1)), 1)
     run(rois[0]["image"], rois[0]["mask"])  # warm-up, untimed
     results: dict[str, Any] = {}
     for roi in rois:
-        start = time.perf_counter()
-        values = run(roi["image"], roi["mask"])
-        seconds = time.perf_counter() - start
+        seconds, values = [], {}
+        for k in range(repeats):
+            start = time.perf_counter()
+            out = run(roi["image"], roi["mask"])
+            seconds.append(time.perf_counter() - start)
+            values = out if k == 0 else values
         features = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
         results[roi["name"]] = {"seconds": seconds, "features": features}
     with open(argv[3], "w", encoding="utf-8") as fh:
