@@ -3,7 +3,9 @@
 The reference below interpolates with Python fractions on the IBSI centre-aligned grid
 (reference manual: grid QCY4, grid size 026Q with border padding, ROI partial volume
 E8H9, rounding 68QD, re-segmentation IF9H/7ACA), so it holds no floating-point noise:
-a value that is exactly ½ or ``k + ½`` stays so.
+a value that is exactly ½ or ``k + ½`` stays so. The last tests cover what follows
+from such noise in the first-order features: intensities equal in exact arithmetic but a
+few ulp apart must still count as equal.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from medai.image import LabelMap, ScalarImage
-from medai.radiomics import RadiomicsSettings, prepare_roi
+from medai.radiomics import Family, RadiomicsSettings, extract_features, prepare_roi
 
 
 def _grid(n: int, old: str, new: str) -> list[Fraction]:
@@ -170,3 +173,33 @@ def test_trilinear_resampling_does_not_depend_on_the_rest_of_the_image() -> None
     np.testing.assert_allclose(
         np.sort(small.image[small.morph_mask]), np.sort(big.image[big.morph_mask]), atol=1e-9
     )
+
+
+def _first_order(values: np.ndarray, family: Family) -> dict[str, float]:
+    img, lab = _pair(values.reshape(-1, 1, 1), np.ones((values.size, 1, 1)), 1.0)
+    return extract_features(img, lab, settings=RadiomicsSettings(families=(family,)))
+
+
+def test_robust_deviation_keeps_values_equal_to_p90_up_to_float_noise() -> None:
+    # Interpolation leaves exactly equal intensities a few ulp apart; both 9s lie on
+    # p90 in exact arithmetic and belong to the p10-p90 range.
+    clean = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 10], dtype=np.float64)
+    noisy = clean.copy()
+    noisy[10] = 9.0 + 1e-12
+    expected = _first_order(clean, Family.STATISTICS)["stat_rmad"]
+    assert expected == pytest.approx(np.mean(np.abs(clean[2:11] - clean[2:11].mean())))
+    assert _first_order(noisy, Family.STATISTICS)["stat_rmad"] == pytest.approx(expected)
+
+
+def test_local_peak_takes_the_best_of_maximum_voxels_tied_up_to_float_noise() -> None:
+    # Two maximum-intensity voxels (100 and 100 + 1e-11): IBSI takes the higher of
+    # their peaks, the one at index 22 in a bright neighbourhood. The 1 cc sphere
+    # (radius 6.2 mm) spans 13 voxels of 1 mm: (8 · 50 + 100) / 13 there.
+    clean = np.zeros(30)
+    clean[18:27] = 50.0
+    clean[4], clean[22] = 100.0, 100.0
+    noisy = clean.copy()
+    noisy[4] = 100.0 + 1e-11
+    expected = _first_order(clean, Family.LOCAL_INTENSITY)["loc_peak_loc"]
+    assert expected == pytest.approx(500.0 / 13.0)
+    assert _first_order(noisy, Family.LOCAL_INTENSITY)["loc_peak_loc"] == pytest.approx(expected)

@@ -18,6 +18,16 @@ __all__ = [
 ]
 
 
+#: Intensities closer than this (relative to the largest magnitude) count as equal when
+#: picking the maximum-intensity voxels and the p10–p90 range: after interpolation,
+#: values that are equal in exact arithmetic differ by a few ulp.
+TIE_TOLERANCE = 1e-9
+
+
+def _slack(x: NDArray[np.float64]) -> float:
+    return TIE_TOLERANCE * max(1.0, float(np.max(np.abs(x)))) if x.size else 0.0
+
+
 def _sphere_kernel(radius_mm: float, spacing: tuple[float, float, float]) -> NDArray[np.float64]:
     half = [math.floor(radius_mm / s) for s in spacing]
     grids = np.meshgrid(
@@ -40,7 +50,8 @@ def local_intensity_features(roi: Roi, *, peak_volume_cc: float = 1.0) -> dict[s
     counts = signal.fftconvolve(inside, kernel, mode="same")
     means = sums[roi.int_mask] / np.maximum(np.round(counts[roi.int_mask]), 1.0)
     values = roi.values
-    local = float(means[values == values.max()].max())
+    # IBSI: with several maximum-intensity voxels, the highest of their peaks.
+    local = float(means[values >= values.max() - _slack(values)].max())
     return {"peak_loc": local, "peak_glob": float(means.max())}
 
 
@@ -61,7 +72,8 @@ def _moments(x: NDArray[np.float64]) -> dict[str, float]:
 def _spread(x: NDArray[np.float64]) -> dict[str, float]:
     p10, p25, median, p75, p90 = np.percentile(x, [10, 25, 50, 75, 90])
     mean = float(x.mean())
-    robust = x[(x >= p10) & (x <= p90)]
+    slack = _slack(x)
+    robust = x[(x >= p10 - slack) & (x <= p90 + slack)]
     return {
         "median": float(median),
         "min": float(x.min()),
