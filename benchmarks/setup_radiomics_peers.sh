@@ -24,7 +24,7 @@ setup_mirp() {
     echo "mirp: already installed in $venv"; return 0
   fi
   "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q mirp
+  "$venv/bin/pip" install -q mirp==2.7.0  # the version the README figures come from
   "$venv/bin/python" -c "import importlib.metadata as m; print('mirp', m.version('mirp'))"
 }
 
