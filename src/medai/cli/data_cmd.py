@@ -65,12 +65,18 @@ def _summary(ds: Dataset) -> Table:
 
 @data_app.command("import")
 def import_cmd(
-    source: Path = typer.Argument(..., help="Dataset folder or file (MSD, BraTS, nnU-Net, ...)."),
+    source: Path = typer.Argument(
+        ..., help="Dataset folder or file (MSD, BraTS, nnU-Net, DICOM + SEG/RTSTRUCT, ...)."
+    ),
     out: Path = typer.Option(Path("dataset.yaml"), "--out", "-o", help="Manifest to write."),
 ) -> None:
-    """Import a dataset (format detected) and write a manifest (`medai data check` next)."""
+    """Import a dataset (format detected) and write a manifest (`medai data check` next).
+
+    A DICOM folder annotated with SEG or RTSTRUCT is converted to NIfTI images and label
+    maps in `<manifest stem>_images/` beside the manifest.
+    """
     with user_errors():
-        ds = import_dataset(source)
+        ds = import_dataset(source, out_dir=out.parent / f"{out.stem}_images")
         ds.save(out)
     console.print(_summary(ds))
     console.print(f"wrote [bold]{out}[/]; run `medai data check {out}` to check the files")

@@ -7,6 +7,7 @@ from medai.data.importers import (
     import_msd,
     import_nnunet_raw,
 )
+from medai.data.importers_dicom import import_dicom_annotations
 from medai.data.importers_tabular import (
     import_class_folders,
     import_csv,
@@ -47,6 +48,7 @@ __all__ = [
     "import_csv",
     "import_dataset",
     "import_deephealth_yaml",
+    "import_dicom_annotations",
     "import_medmnist_npz",
     "import_msd",
     "import_nnunet_raw",

@@ -25,6 +25,7 @@ from medai.data.importers import (
     import_nnunet_raw,
     typed_import_errors,
 )
+from medai.data.importers_dicom import has_dicom_files, import_dicom_annotations
 from medai.data.manifest import Case, Dataset, Splits, TaskType
 from medai.errors import DatasetError
 from medai.image import ScalarImage
@@ -298,7 +299,7 @@ def import_medmnist_npz(path: str | Path, *, out_dir: str | Path | None = None) 
 
 
 # -- detection ------------------------------------------------------------------------
-def _import_folder(folder: Path) -> Dataset:
+def _import_folder(folder: Path, out_dir: Path | None = None) -> Dataset:
     if (folder / "dataset.yaml").is_file():
         return Dataset.load(folder / "dataset.yaml")
     if (folder / "dataset.json").is_file():
@@ -309,26 +310,34 @@ def _import_folder(folder: Path) -> Dataset:
         return import_brats(folder)
     if any(_is_image(f) for p in subs for f in p.iterdir()):
         return import_class_folders(folder)
+    if has_dicom_files(folder):
+        return import_dicom_annotations(folder, out_dir=out_dir)
     raise DatasetError(
         f"{folder}: not a known dataset layout (MSD or nnU-Net dataset.json, BraTS case "
-        "folders, class folders, or a medai dataset.yaml)"
+        "folders, class folders, DICOM with SEG/RTSTRUCT annotations, or a medai dataset.yaml)"
     )
 
 
 @typed_import_errors
-def import_dataset(path: str | Path) -> Dataset:
+def import_dataset(path: str | Path, *, out_dir: str | Path | None = None) -> Dataset:
     """Import whatever ``path`` holds, detecting its format.
 
     Folders: medai ``dataset.yaml``, MSD / nnU-Net ``dataset.json``, BraTS, class
-    folders. Files: a medai manifest or DeepHealth ``.yaml``/``.yml``, ``.csv``
-    (columns ``path`` and ``label``), MedMNIST ``.npz``, ``dataset.json``.
+    folders, DICOM annotated with SEG / RTSTRUCT. Files: a medai manifest or DeepHealth
+    ``.yaml``/``.yml``, ``.csv`` (columns ``path`` and ``label``), MedMNIST ``.npz``,
+    ``dataset.json``.
+
+    Args:
+        path: Folder or file to import.
+        out_dir: Where converted files go for formats that need conversion (DICOM:
+            NIfTI images and label maps; see :func:`import_dicom_annotations`).
 
     Raises:
         DatasetError: If the format is not recognised.
     """
     path = Path(path)
     if path.is_dir():
-        return _import_folder(path)
+        return _import_folder(path, Path(out_dir) if out_dir is not None else None)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file or folder")
     name = path.name.lower()
