@@ -14,6 +14,9 @@ and finished ones are skipped on restart.
     .venv/bin/python benchmarks/seg_report.py /tmp/segbench --png docs/img/seg_time_to_dice.png
 
 Each (arm, seed) holds ``/tmp/medai_bench.lock`` while it trains and while it is scored.
+Scoring is not timed, so it can run beside training on the other core: start one process
+with ``--phase train`` on the benchmark core and one with ``--phase score`` (no lock) on
+the other; the scorer waits for each trained run in turn.
 """
 
 from __future__ import annotations
@@ -66,6 +69,23 @@ def train_one(
     )
 
 
+def score_one(
+    arm: str,
+    name: str,
+    trained_path: Path,
+    scored_path: Path,
+    args: argparse.Namespace,
+    val: list[LabelledCase],
+    test: list[LabelledCase],
+) -> None:
+    trained = json.loads(trained_path.read_text())
+    print(f"[score {name}] wall {trained['wall_s']}s", flush=True)
+    result = score_run(
+        arm, trained, val, test, seed_dir=args.work / "runs" / name, raw=args.work / "nnunet_raw"
+    )
+    write_json(scored_path, result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/segbench/glioma70"))
@@ -79,6 +99,12 @@ def main() -> None:
     ap.add_argument("--snap-every", type=float, default=60.0)
     ap.add_argument("--test-limit", type=int, default=0, help="score only N test cases (dev)")
     ap.add_argument("--no-lock", action="store_true", help="dev runs on core 0: no bench lock")
+    ap.add_argument(
+        "--phase",
+        choices=("both", "train", "score"),
+        default="both",
+        help="train only (holds the lock), score only (waits for trained runs, no lock), both",
+    )
     args = ap.parse_args()
     one_thread()
     root = msd_root(args.data, args.cases, 0)
@@ -98,32 +124,33 @@ def main() -> None:
         f"budget {args.budget} per arm; seeds {args.seeds}; arms {arms}",
         flush=True,
     )
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for arm in arms:
-            name = f"{arm}_s{seed}"
-            trained_path = args.work / "trained" / f"{name}.json"
-            scored_path = args.work / "scored" / f"{name}.json"
-            if scored_path.is_file():
+    names = [f"{arm}_s{seed}" for seed in (int(s) for s in args.seeds.split(",")) for arm in arms]
+    for name in names:
+        arm, seed = name.rsplit("_s", 1)[0], int(name.rsplit("_s", 1)[1])
+        trained_path = args.work / "trained" / f"{name}.json"
+        scored_path = args.work / "scored" / f"{name}.json"
+        failed_path = args.work / "failed" / name
+        if scored_path.is_file() or (args.phase == "train" and trained_path.is_file()):
+            continue
+        try:
+            if args.phase == "score":
+                while not (trained_path.is_file() or failed_path.is_file()):
+                    time.sleep(10)
+                if failed_path.is_file():
+                    continue
+                score_one(arm, name, trained_path, scored_path, args, val, test)
                 continue
-            try:
-                with bench_lock(enabled=not args.no_lock):
-                    if not trained_path.is_file():
-                        print(f"[train {name}] {time.strftime('%H:%M:%S')}", flush=True)
-                        write_json(trained_path, train_one(arm, seed, args, root, split, val))
-                    trained = json.loads(trained_path.read_text())
-                    print(f"[score {name}] wall {trained['wall_s']}s", flush=True)
-                    result = score_run(
-                        arm,
-                        trained,
-                        val,
-                        test,
-                        seed_dir=args.work / "runs" / name,
-                        raw=args.work / "nnunet_raw",
-                    )
-                write_json(scored_path, result)
-            except Exception:  # one arm failing must not stop the others
-                traceback.print_exc()
-                print(f"[failed {name}]", flush=True)
+            with bench_lock(enabled=not args.no_lock):
+                if not trained_path.is_file():
+                    print(f"[train {name}] {time.strftime('%H:%M:%S')}", flush=True)
+                    write_json(trained_path, train_one(arm, seed, args, root, split, val))
+                if args.phase == "both":
+                    score_one(arm, name, trained_path, scored_path, args, val, test)
+        except Exception:  # one arm failing must not stop the others
+            traceback.print_exc()
+            print(f"[failed {name}]", flush=True)
+            failed_path.parent.mkdir(parents=True, exist_ok=True)
+            failed_path.write_text(traceback.format_exc())
     print("done", flush=True)
 
 
