@@ -70,3 +70,25 @@ def validation_summary(exc: Exception) -> str:
 class ImageWriteError(MedaiError, ValueError):
     """An image the chosen format cannot hold (several channels to DICOM, a volume to PNG,
     NaN to DICOM), or a target that is taken."""
+
+
+class BundleError(MedaiError, ValueError):
+    """A model bundle that cannot be loaded or used as it is."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle file that is missing, changed since export (SHA-256 mismatch), not in the
+    manifest, or of a kind a bundle may not hold (anything that would be unpickled)."""
+
+
+class BundleInputError(BundleError):
+    """A study the bundle was not made for: wrong number of channels, a missing series,
+    a single slice for a 3D model."""
+
+
+class ExportError(MedaiError, ValueError):
+    """A run that cannot be exported: no weights, no data to check the export on."""
+
+
+class ParityError(ExportError):
+    """The exported ONNX model does not reproduce PyTorch within the export's tolerance."""

@@ -1,4 +1,15 @@
-"""Segmentation inference: sliding window, TTA, post-processing, back to the input grid."""
+"""Segmentation inference: sliding window, TTA, post-processing, back to the input grid.
+
+Importing this package does not import torch: post-processing and the study flow
+(:mod:`medai.inference.postprocess`, :mod:`medai.inference.study`) are numpy code that
+the torch-free runtime (:mod:`medai.runtime`) runs too. The PyTorch path
+(``load_run``, ``predict_case``, ``predict_probabilities`` …) is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from medai.inference.postprocess import (
     postprocess_regions,
@@ -7,20 +18,22 @@ from medai.inference.postprocess import (
     regions_to_labels,
     remove_small_components,
 )
-from medai.inference.predict import (
-    LoadedRun,
+from medai.inference.study import (
     Prediction,
-    evaluate_cases,
-    load_run,
-    predict_case,
+    ProbabilityFn,
     read_study,
+    segment_image,
     write_prediction,
 )
-from medai.inference.sliding import predict_probabilities
+
+if TYPE_CHECKING:
+    from medai.inference.predict import LoadedRun, evaluate_cases, load_run, predict_case
+    from medai.inference.sliding import predict_probabilities
 
 __all__ = [
     "LoadedRun",
     "Prediction",
+    "ProbabilityFn",
     "evaluate_cases",
     "load_run",
     "postprocess_regions",
@@ -31,5 +44,25 @@ __all__ = [
     "region_volumes_ml",
     "regions_to_labels",
     "remove_small_components",
+    "segment_image",
     "write_prediction",
 ]
+
+# the names that need torch, and the module holding each
+_TORCH_PATH = {
+    "LoadedRun": "medai.inference.predict",
+    "evaluate_cases": "medai.inference.predict",
+    "load_run": "medai.inference.predict",
+    "predict_case": "medai.inference.predict",
+    "predict_probabilities": "medai.inference.sliding",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The PyTorch path's names, imported when first asked for (PEP 562)."""
+    module = _TORCH_PATH.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medai.inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,152 @@
+"""PyTorch → ONNX, and the numeric check that the ONNX model is the same model."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from medai.errors import ExportError, ParityError
+from medai.inference.postprocess import region_dice
+from medai.inference.sliding import predict_probabilities
+from medai.preprocess.plan import Plan
+from medai.runtime.session import OnnxNetwork
+from medai.runtime.sliding import sliding_window_probabilities
+
+__all__ = ["OPSET", "ParityReport", "check_parity", "export_onnx"]
+
+OPSET = 17
+_AXES = {0: "batch", 2: "x", 3: "y", 4: "z"}
+
+
+def export_onnx(
+    model: nn.Module, *, in_channels: int, window: Sequence[int], opset: int = OPSET
+) -> bytes:
+    """Serialise ``model`` (eval mode, CPU) as ONNX with dynamic batch and spatial axes.
+
+    The spatial axes are declared dynamic; the runtime always feeds whole windows of
+    ``window``, the size the network was trained on.
+
+    Raises:
+        ExportError: If ``opset`` < 17 or the tracer cannot export the network.
+    """
+    if opset < OPSET:
+        raise ExportError(f"opset must be >= {OPSET}; got {opset}")
+    was_training = model.training
+    model = model.eval()
+    dummy = torch.zeros((1, in_channels, *window), dtype=torch.float32, device=_device(model))
+    try:
+        with tempfile.TemporaryDirectory(prefix="medai-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _trace(model, dummy, path, opset)
+            return path.read_bytes()
+    except Exception as exc:  # the exporter raises many untyped errors
+        raise ExportError(f"the network cannot be exported to ONNX: {exc}") from exc
+    finally:
+        model.train(was_training)
+
+
+def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter is deprecated but needs no shape hints; instance
+        # norm without running statistics is exported as it runs (input statistics)
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", "ONNX export mode is set to TrainingMode.EVAL", UserWarning
+        )
+        torch.onnx.export(
+            model,
+            (dummy,),
+            path,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": _AXES, "logits": _AXES},
+            dynamo=False,
+        )
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """ONNX Runtime against PyTorch on the same preprocessed inputs.
+
+    Attributes:
+        cases: Inputs compared.
+        max_abs_diff: Largest absolute difference of region probabilities.
+        min_dice: Per region, the lowest Dice between the thresholded masks.
+        tolerance: The largest ``max_abs_diff`` accepted.
+        dice_floor: The lowest Dice accepted.
+    """
+
+    cases: int
+    max_abs_diff: float
+    min_dice: dict[str, float]
+    tolerance: float
+    dice_floor: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_parity(
+    model: nn.Module,
+    network: OnnxNetwork,
+    plan: Plan,
+    inputs: Sequence[NDArray[Any]],
+    *,
+    tolerance: float = 1e-3,
+    dice_floor: float = 0.99,
+) -> ParityReport:
+    """Run both engines through the sliding window on ``inputs``; refuse a mismatch.
+
+    Args:
+        model: The PyTorch network (any device; MONAI's sliding window runs it).
+        network: The exported model in ONNX Runtime (numpy sliding window).
+        plan: Window, overlap, threshold and regions.
+        inputs: Preprocessed ``(C, x, y, z)`` arrays (real cases, not noise).
+        tolerance: Largest accepted absolute difference of probabilities.
+        dice_floor: Lowest accepted Dice of thresholded region masks.
+
+    Raises:
+        ParityError: If a difference exceeds ``tolerance`` or a Dice is below ``dice_floor``.
+        ExportError: If ``inputs`` is empty.
+    """
+    if not inputs:
+        raise ExportError("parity needs at least one preprocessed case; none was given")
+    worst = 0.0
+    dice = {name: 1.0 for name in plan.regions}
+    window, overlap = plan.train.patch_size, plan.inference.overlap
+    for array in inputs:
+        ref = predict_probabilities(
+            model, array, patch_size=window, overlap=overlap, device=_device(model)
+        )
+        got = sliding_window_probabilities(network, array, window=window, overlap=overlap)
+        worst = max(worst, float(np.abs(ref - got).max()))
+        cut = plan.inference.threshold
+        for pos, name in enumerate(plan.regions):
+            dice[name] = min(dice[name], region_dice(got[pos] >= cut, ref[pos] >= cut))
+    report = ParityReport(len(inputs), worst, dice, tolerance, dice_floor)
+    if worst > tolerance or min(dice.values()) < dice_floor:
+        raise ParityError(
+            f"ONNX Runtime differs from PyTorch on {len(inputs)} preprocessed case(s): max "
+            f"|Δp| {worst:.2e} (limit {tolerance:.0e}), lowest Dice {min(dice.values()):.4f} "
+            f"(floor {dice_floor}); the network uses an operator ONNX does not reproduce — "
+            "export with a supported architecture, or report the network"
+        )
+    return report

@@ -1,0 +1,133 @@
+"""The torch-free half of segmentation inference: read a study, run the preprocessing,
+turn region probabilities into a label map on the input grid, write the result.
+
+:func:`segment_image` is the one inference flow; it takes the network as a function of
+the preprocessed array, so PyTorch (:func:`medai.inference.predict_case`) and ONNX Runtime
+(:mod:`medai.runtime`) share it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medai.errors import DatasetError, ImageReadError
+from medai.fsutil import atomic_write_text
+from medai.image import LabelMap, ScalarImage
+from medai.inference.postprocess import postprocess_regions, region_volumes_ml, regions_to_labels
+from medai.preprocess.pipeline import preprocess_image
+from medai.preprocess.plan import Plan
+from medai.preprocess.steps import resample_to_grid, uncrop
+
+__all__ = ["Prediction", "ProbabilityFn", "read_study", "segment_image", "write_prediction"]
+
+ProbabilityFn = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+"""Preprocessed ``(C, x, y, z)`` image → ``(R, x, y, z)`` sigmoid region probabilities."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A prediction on the input grid."""
+
+    labels: LabelMap
+    probabilities: ScalarImage | None
+    volumes_ml: dict[str, float]
+
+
+def read_study(path: str | Path, channels: list[str]) -> ScalarImage:
+    """Read a multi-channel image: a NIfTI/ITK file, or a DICOM folder with one
+    series per channel (matched to ``channels`` by series description, else by order).
+
+    Raises:
+        ImageReadError: If the channels cannot be found or do not share a grid.
+    """
+    from medai.io import find_series, read_dicom_series, read_image
+
+    path = Path(path)
+    if not path.is_dir():
+        return read_image(path)
+    series = [s for s in find_series(path) if s.problem is None]
+    if len(series) < len(channels):
+        raise ImageReadError(path, f"found {len(series)} usable series; need {channels}")
+    by_name = {s.description.strip().lower(): s for s in series}
+    if all(c.lower() in by_name for c in channels):
+        chosen = [by_name[c.lower()] for c in channels]
+    else:
+        chosen = series[: len(channels)]
+    images: list[ScalarImage] = [read_dicom_series(path, series_uid=s.uid) for s in chosen]
+    for other in images[1:]:
+        if not other.same_grid(images[0], atol=1e-3):
+            raise ImageReadError(path, "the channel series do not share one voxel grid")
+    data = np.concatenate([im.array.astype(np.float32) for im in images])
+    return ScalarImage(data, images[0].affine, meta={"source": str(path)})
+
+
+def segment_image(
+    img: ScalarImage,
+    plan: Plan,
+    probabilities: ProbabilityFn,
+    *,
+    keep_probabilities: bool = False,
+) -> Prediction:
+    """Preprocess ``img`` with ``plan``, predict, and post-process on the input grid.
+
+    Args:
+        img: The multi-channel study, channels in ``plan.channels`` order.
+        plan: The model's plan (preprocessing, regions, post-processing).
+        probabilities: The network with its sliding window and TTA.
+        keep_probabilities: Also return region probabilities (input grid).
+
+    Raises:
+        DatasetError: If ``img`` does not have the plan's number of channels.
+    """
+    if img.num_channels != len(plan.channels):
+        raise DatasetError(
+            f"image has {img.num_channels} channels; the model needs {len(plan.channels)} "
+            f"({', '.join(plan.channels)}), in that order"
+        )
+    pre = preprocess_image(img, plan.preprocess)
+    probs = probabilities(pre.image.array.astype(np.float32, copy=False))
+    rec = pre.record
+    cropped = ScalarImage(probs, pre.image.affine)
+    full = uncrop(cropped, rec.bbox, rec.resampled_shape, rec.resampled_affine)
+    on_input = resample_to_grid(full, rec.input_shape, rec.input_affine, order=1)
+    masks = postprocess_regions(
+        on_input.array, plan.regions, spacing=img.spacing, plan=plan.inference
+    )
+    labels = LabelMap(regions_to_labels(masks, plan.regions)[None], img.affine, meta=img.meta)
+    volumes = region_volumes_ml(labels.array[0], plan.regions, img.spacing)
+    kept = on_input.with_array(on_input.array) if keep_probabilities else None
+    return Prediction(labels, kept, volumes)
+
+
+def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]:
+    """Write ``labels.nii.gz``, ``volumes.json`` and (if kept) ``probabilities.nii.gz``.
+
+    ``out`` is a folder, or a ``.nii.gz`` path for the label map (the other files go
+    beside it with the same stem).
+    """
+    from medai.io import write_nifti
+
+    out = Path(out)
+    if str(out).endswith((".nii", ".nii.gz")):
+        stem = out.name.split(".")[0]
+        folder, label_path = out.parent, out
+    else:
+        stem, folder, label_path = "labels", out, out / "labels.nii.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"labels": write_nifti(prediction.labels, label_path)}
+    prefix = "" if stem == "labels" else f"{stem}_"
+    volumes = folder / f"{prefix}volumes.json"
+    payload: dict[str, Any] = {"volumes_ml": prediction.volumes_ml}
+    atomic_write_text(volumes, json.dumps(payload, indent=2) + "\n")
+    paths["volumes"] = volumes
+    if prediction.probabilities is not None:
+        prob_path = folder / f"{prefix}probabilities.nii.gz"
+        paths["probabilities"] = write_nifti(prediction.probabilities, prob_path)
+    return paths

@@ -1,0 +1,216 @@
+"""Reading a model bundle: a folder (or one ``.zip``) of JSON, Markdown and one ONNX
+model, every file listed with its SHA-256 in ``manifest.json``.
+
+Loading checks the manifest before anything is parsed: a missing, changed or unlisted
+file is refused, and a bundle never holds anything that would be unpickled (no
+``.pt``/``.pkl``; only the suffixes in :data:`ALLOWED_SUFFIXES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from medai.errors import BundleError, BundleIntegrityError, validation_summary
+from medai.preprocess.plan import Plan
+
+__all__ = [
+    "ALLOWED_SUFFIXES",
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "MANIFEST",
+    "REQUIRED_FILES",
+    "Bundle",
+    "build_manifest",
+    "load_bundle",
+    "read_bundle_files",
+    "verify_manifest",
+]
+
+BUNDLE_FORMAT = "medai-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED_FILES: tuple[str, ...] = ("bundle.json", "plan.json", "model.onnx")
+ALLOWED_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".onnx", ".md", ".txt")
+_FIX = "re-export it with `medai export RUN OUT`"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
+    """The ``manifest.json`` document for ``files`` (name → content, manifest excluded)."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "files": {
+            name: {"sha256": _sha256(data), "bytes": len(data)}
+            for name, data in sorted(files.items())
+            if name != MANIFEST
+        },
+    }
+
+
+def read_bundle_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of a bundle folder or ``.zip``, by name (flat: no sub-folders).
+
+    Raises:
+        BundleError: If ``path`` is neither a folder nor a readable zip archive.
+        BundleIntegrityError: If the bundle holds a sub-folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files: dict[str, bytes] = {}
+        for item in sorted(path.iterdir()):
+            if not item.is_file():
+                raise BundleIntegrityError(f"{path}: {item.name!r} is not a file; {_FIX}")
+            files[item.name] = item.read_bytes()
+        return files
+    if not path.is_file():
+        raise BundleError(f"no bundle at {path}; {_FIX}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            files = {}
+            for info in archive.infolist():
+                name = info.filename
+                if info.is_dir() or len(PurePosixPath(name).parts) != 1:
+                    raise BundleIntegrityError(
+                        f"{path}: member {name!r} is not a top-level file; {_FIX}"
+                    )
+                files[name] = archive.read(info)
+            return files
+    except zipfile.BadZipFile as exc:
+        raise BundleError(
+            f"{path} is neither a bundle folder nor a zip archive ({exc}); {_FIX}"
+        ) from exc
+
+
+def verify_manifest(files: Mapping[str, bytes], source: str | Path) -> dict[str, Any]:
+    """Check ``files`` against their manifest; return the manifest.
+
+    Raises:
+        BundleIntegrityError: If the manifest is missing or unreadable, a listed file is
+            missing or its SHA-256 differs, a file is not listed, a required file is
+            absent, or a file has a suffix a bundle may not hold.
+    """
+    if MANIFEST not in files:
+        raise BundleIntegrityError(f"{source}: {MANIFEST} is missing; {_FIX}")
+    try:
+        manifest = json.loads(files[MANIFEST])
+        listed: dict[str, Any] = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleIntegrityError(f"{source}: {MANIFEST} is unreadable ({exc}); {_FIX}") from exc
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleIntegrityError(
+            f"{source}: {MANIFEST} is not a {BUNDLE_FORMAT} manifest; {_FIX}"
+        )
+    for name in sorted(set(files) | set(listed)):
+        if name == MANIFEST:
+            continue
+        if not name.endswith(ALLOWED_SUFFIXES):
+            raise BundleIntegrityError(
+                f"{source}: {name!r} is not a file a bundle may hold (only "
+                f"{', '.join(ALLOWED_SUFFIXES)}; nothing is ever unpickled); {_FIX}"
+            )
+        if name not in files:
+            raise BundleIntegrityError(
+                f"{source}: {name} is missing (listed in {MANIFEST}); copy the whole "
+                f"bundle, or {_FIX}"
+            )
+        if name not in listed:
+            raise BundleIntegrityError(
+                f"{source}: {name} is not listed in {MANIFEST}; remove it, or {_FIX}"
+            )
+        want = str(listed[name].get("sha256", ""))
+        got = _sha256(files[name])
+        if got != want:
+            raise BundleIntegrityError(
+                f"{source}: {name} changed since export (SHA-256 {got[:12]}…, {MANIFEST} says "
+                f"{want[:12]}…); restore the original file, or {_FIX}"
+            )
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleIntegrityError(f"{source}: {name} is missing; {_FIX}")
+    return dict(manifest)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its description, the model's plan and the ONNX model.
+
+    Attributes:
+        source: The folder or zip it was read from.
+        info: ``bundle.json`` (name, version, task, input, output, settings).
+        plan: The plan the model was trained with (preprocessing, regions,
+            thresholds, post-processing), from ``plan.json``.
+        model: ``model.onnx``, serialised.
+        documents: Every other JSON file by name (reference, model card, parity …).
+    """
+
+    source: Path
+    info: dict[str, Any]
+    plan: Plan
+    model: bytes
+    documents: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", self.source.stem))
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version", "0"))
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.plan.channels)
+
+
+def _json(files: Mapping[str, bytes], name: str, source: Path) -> Any:
+    try:
+        return json.loads(files[name])
+    except ValueError as exc:
+        raise BundleIntegrityError(f"{source}: {name} is not valid JSON ({exc}); {_FIX}") from exc
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle folder or ``.zip``. Nothing is unpickled.
+
+    Raises:
+        BundleError: If there is no bundle at ``path``, or it is of another format
+            version or task.
+        BundleIntegrityError: If a file is missing, changed or not allowed.
+    """
+    source = Path(path)
+    files = read_bundle_files(source)
+    verify_manifest(files, source)
+    info = _json(files, "bundle.json", source)
+    if info.get("format") != BUNDLE_FORMAT or info.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{source}: bundle format {info.get('format')!r} v{info.get('format_version')} is not "
+            f"{BUNDLE_FORMAT} v{BUNDLE_FORMAT_VERSION}; {_FIX} with this medai version"
+        )
+    if info.get("task") != "segmentation":
+        raise BundleError(
+            f"{source}: task {info.get('task')!r} is not supported; this runtime segments"
+        )
+    try:
+        plan = Plan.model_validate(_json(files, "plan.json", source))
+    except ValidationError as exc:
+        raise BundleError(
+            f"{source}: plan.json does not validate ({validation_summary(exc)}); {_FIX}"
+        ) from exc
+    documents = {
+        name: _json(files, name, source)
+        for name in files
+        if name.endswith(".json") and name not in ("bundle.json", "plan.json", MANIFEST)
+    }
+    return Bundle(source, info, plan, files["model.onnx"], documents)
