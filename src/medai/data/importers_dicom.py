@@ -6,10 +6,10 @@ same grid, both written under ``out_dir``. Labels are declared in the manifest:
 
 - a SEG written by medai records each segment's label values, so its label map comes
   back with the original values and the segments become the declared regions;
-- otherwise each segment / ROI name is a label, numbered in segment (ROI) order, with
-  names in the order first met across the cases; where segments overlap (nested
-  regions), each combination of segments met in the data becomes a label of its own
-  (named ``"WT+TC"``) and the segments become regions over those labels.
+- otherwise each combination of segments (ROIs) met in the data becomes a label, in
+  segment order (names in the order first met across the cases): one label per
+  segment where segments do not overlap; where they do (nested regions), labels named
+  like ``"WT+TC"`` and the segments declared as regions over those labels.
 
 Example:
     >>> ds = import_dicom_annotations("archive/", out_dir="dataset_images")  # doctest: +SKIP
@@ -20,25 +20,26 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset as DicomDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.uid import MediaStorageDirectoryStorage
 
 from medai.data.manifest import Case, Dataset, TaskType
-from medai.errors import DatasetError
-from medai.image import LabelMap
+from medai.errors import DatasetError, ImageReadError
+from medai.image import Image, LabelMap, ScalarImage
 from medai.io import SeriesInfo, find_series, read_dicom_series, write_nifti
+from medai.io._dicom_common import load_dataset
 from medai.io.dicom import is_dicom_file
 from medai.io.dicom_annotations import (
     AnnotationKind,
     annotation_kind,
+    frames_of_reference,
     read_rtstruct_masks,
     read_seg_masks,
     referenced_series,
@@ -58,6 +59,9 @@ class _Annotated:
     """One image series and the masks of every annotation that refers to it."""
 
     series: SeriesInfo
+    case_id: str = ""
+    image: Path = field(default_factory=Path)  # the NIfTI written, set by _collect
+    affine: NDArray[np.float64] = field(default_factory=lambda: np.eye(4))
     kinds: list[AnnotationKind] = field(default_factory=list)
     masks: Masks = field(default_factory=dict)
     label_sets: dict[str, list[int]] | None = None
@@ -74,47 +78,107 @@ def has_dicom_files(folder: str | Path) -> bool:
     return any(is_dicom_file(p) for p in _files(Path(folder)))
 
 
+def _media_class(ds: DicomDataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+
+
 def _annotation_files(folder: Path) -> list[tuple[Path, DicomDataset, AnnotationKind]]:
+    """Every SEG and RTSTRUCT under ``folder``.
+
+    Raises:
+        DatasetError: If a file marked as DICOM cannot be parsed (an annotation could
+            be lost without notice).
+    """
     found: list[tuple[Path, DicomDataset, AnnotationKind]] = []
     for path in _files(folder):
         if not is_dicom_file(path):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            logger.info("skipping %s: %s", path, exc)
-            continue
+            ds = load_dataset(path, pixels=False)
+            if "SOPInstanceUID" not in ds and _media_class(ds) != MediaStorageDirectoryStorage:
+                raise ImageReadError(
+                    path, "DICOM file is truncated or corrupt (no SOP Instance UID)"
+                )
+        except ImageReadError as exc:
+            raise DatasetError(
+                f"{path}: {exc.reason}; replace it with an intact copy, or move it out of "
+                f"{folder}, and import again"
+            ) from exc
         kind = annotation_kind(ds)
         if kind is not None:
             found.append((path, ds, kind))
     return found
 
 
+@dataclass(frozen=True)
+class _Index:
+    """Which image series each SOP instance belongs to, and each series' frame of reference."""
+
+    series_of_sop: dict[str, str]
+    frame_of_series: dict[str, str]
+
+    @classmethod
+    def build(cls, images: Sequence[SeriesInfo]) -> _Index:
+        sops: dict[str, str] = {}
+        frames: dict[str, str] = {}
+        keep = ["SOPInstanceUID", "FrameOfReferenceUID"]
+        for info in images:
+            for path in info.files:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keep)
+                sops[str(ds.SOPInstanceUID)] = info.uid
+                frames.setdefault(info.uid, str(ds.get("FrameOfReferenceUID", "")))
+        return cls(sops, frames)
+
+
 def _target(
-    path: Path, ds: DicomDataset, images: Sequence[SeriesInfo], sop_to_series: Mapping[str, str]
+    path: Path, ds: DicomDataset, images: Sequence[SeriesInfo], index: _Index
 ) -> SeriesInfo:
-    """The image series an annotation refers to: by series UID, cited instances, or the
-    only series sharing its frame of reference."""
+    """The image series an annotation refers to: by series UID, by the instances it
+    cites, or as the only series in its frame of reference.
+
+    Raises:
+        DatasetError: If that series is not in the folder, or lies in another frame of
+            reference than the annotation's coordinates.
+    """
+    kind = annotation_kind(ds)
     by_uid = {s.uid: s for s in images}
-    for uid in referenced_series(ds):
-        if uid in by_uid:
-            return by_uid[uid]
-    cited = {sop_to_series[u] for u in referenced_sop_instances(ds) if u in sop_to_series}
-    if len(cited) == 1:
-        return by_uid[cited.pop()]
-    raise DatasetError(
-        f"{path}: the {annotation_kind(ds)} refers to series {referenced_series(ds) or '(none)'}, "
-        "which is not in the folder; copy the annotated image series next to it"
-    )
+    frames = frames_of_reference(ds)
+    found = next((by_uid[u] for u in referenced_series(ds) if u in by_uid), None)
+    if found is None:
+        cited = {
+            index.series_of_sop[u] for u in referenced_sop_instances(ds) if u in index.series_of_sop
+        }
+        if len(cited) == 1:
+            found = by_uid[cited.pop()]
+    if found is None:
+        same = [s for s in images if index.frame_of_series.get(s.uid) in set(frames.values())]
+        if len(same) == 1:
+            found = same[0]
+    if found is None:
+        raise DatasetError(
+            f"{path}: the {kind} refers to image series {referenced_series(ds) or '(none named)'} "
+            f"in frame of reference {sorted(set(frames.values())) or '(none)'}, and no image "
+            "series in the folder is either; copy the annotated image series next to it"
+        )
+    _check_frame(path, ds, found.uid, index.frame_of_series.get(found.uid, ""))
+    return found
 
 
-def _sop_index(images: Sequence[SeriesInfo]) -> dict[str, str]:
-    index = {}
-    for info in images:
-        for path in info.files:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-            index[str(ds.SOPInstanceUID)] = info.uid
-    return index
+def _check_frame(path: Path, ds: DicomDataset, series_uid: str, image_frame: str) -> None:
+    """Refuse an annotation whose coordinates lie in another frame of reference."""
+    kind = annotation_kind(ds)
+    wrong = {
+        w: uid for w, uid in frames_of_reference(ds).items() if image_frame and uid != image_frame
+    }
+    if wrong:
+        listing = ", ".join(f"{what}: {uid}" for what, uid in wrong.items())
+        raise DatasetError(
+            f"{path}: the {kind} annotates series {series_uid} (frame of reference "
+            f"{image_frame}), but its coordinates are in an unknown frame of reference "
+            f"({listing}), so they cannot be placed on the images; export the {kind} "
+            "together with the image series it was drawn on"
+        )
 
 
 def _merge(entry: _Annotated, masks: Masks, label_sets: dict[str, list[int]] | None) -> None:
@@ -128,7 +192,24 @@ def _merge(entry: _Annotated, masks: Masks, label_sets: dict[str, list[int]] | N
     entry.label_sets = label_sets if first else None
 
 
-def _collect(folder: Path) -> tuple[list[_Annotated], dict[str, Any]]:
+def _read_masks(
+    path: Path, kind: AnnotationKind, image: Image, folder: Path
+) -> tuple[Masks, dict[str, list[int]] | None]:
+    try:
+        if kind is AnnotationKind.SEG:
+            return read_seg_masks(path, image)
+        return read_rtstruct_masks(path, image), None
+    except ImageReadError as exc:
+        raise DatasetError(
+            f"{path}: {exc.reason}; replace it with an intact copy, or move it out of "
+            f"{folder}, and import again"
+        ) from exc
+
+
+def _collect(folder: Path, out: Path) -> list[_Annotated]:
+    """Every annotated series, in patient / study / series order, its image written to
+    ``out/images`` and the masks of its annotations read (one series in memory at a time).
+    Every annotation is matched to its series before anything is written."""
     annotations = _annotation_files(folder)
     if not annotations:
         raise DatasetError(
@@ -136,30 +217,29 @@ def _collect(folder: Path) -> tuple[list[_Annotated], dict[str, Any]]:
             "its annotations (for images alone, convert them with `medai io convert`)"
         )
     images = [s for s in find_series(folder) if s.modality not in DERIVED_MODALITIES]
-    sop_to_series = _sop_index(images)
-    cases: dict[str, _Annotated] = {}
-    volumes: dict[str, Any] = {}
-    for path, ds, kind in annotations:
-        info = _target(path, ds, images, sop_to_series)
-        if info.uid not in volumes:
-            volumes[info.uid] = read_dicom_series(folder, series_uid=info.uid)
-        entry = cases.setdefault(info.uid, _Annotated(info))
-        entry.kinds.append(kind)
-        if kind is AnnotationKind.SEG:
-            masks, sets = read_seg_masks(path, volumes[info.uid])
-        else:
-            masks, sets = read_rtstruct_masks(path, volumes[info.uid]), None
-        _merge(entry, masks, sets)
-    ordered = sorted(
-        cases.values(),
+    index = _Index.build(images)
+    targets = [(path, kind, _target(path, ds, images, index).uid) for path, ds, kind in annotations]
+    by_uid = {s.uid: s for s in images}
+    cases = [_Annotated(by_uid[uid]) for uid in dict.fromkeys(uid for *_, uid in targets)]
+    cases.sort(
         key=lambda a: (
             a.series.patient_id,
             a.series.study_uid,
             a.series.series_number or 0,
             a.series.uid,
-        ),
+        )
     )
-    return ordered, volumes
+    taken: set[str] = set()
+    for entry in cases:
+        entry.case_id = _case_id(entry.series, taken)
+        image: ScalarImage = read_dicom_series(folder, series_uid=entry.series.uid)
+        for path, kind, uid in targets:
+            if uid == entry.series.uid:
+                entry.kinds.append(kind)
+                _merge(entry, *_read_masks(path, kind, image, folder))
+        entry.image = write_nifti(image, out / "images" / f"{entry.case_id}.nii.gz").resolve()
+        entry.affine = image.affine
+    return cases
 
 
 # -- label tables -------------------------------------------------------------------------
@@ -168,20 +248,16 @@ class _LabelTable:
     """Global labels: each label value and the set of segment names it lies in."""
 
     patterns: dict[int, frozenset[str]] = field(default_factory=dict)
-    frozen: bool = False
 
     def value_of(self, pattern: frozenset[str], where: str = "") -> int:
         for value, known in self.patterns.items():
             if known == pattern:
                 return value
-        if self.frozen:
-            raise DatasetError(
-                f"{where}: voxels lie in segments {sorted(pattern)}, a combination no recorded "
-                "label has; was the SEG edited?"
-            )
-        value = max(self.patterns, default=0) + 1
-        self.patterns[value] = pattern
-        return value
+        raise DatasetError(
+            f"{where}: voxels lie in segments {sorted(pattern)}, a combination no recorded "
+            "label has; was the SEG edited? Remove its 'medai labels' segment descriptions "
+            "to import its segments as plain regions"
+        )
 
     def labels(self, order: Sequence[str]) -> dict[int, str]:
         rank = {name: i for i, name in enumerate(order)}
@@ -190,10 +266,11 @@ class _LabelTable:
             out[value] = "+".join(sorted(pattern, key=lambda n: rank.get(n, len(rank))))
         return out
 
-    def regions(self) -> dict[str, list[int]]:
+    def regions(self, order: Sequence[str]) -> dict[str, list[int]]:
+        """Each segment name's label values, in ``order``; none when no segments overlap."""
         if all(len(p) == 1 for p in self.patterns.values()):
             return {}
-        names = dict.fromkeys(n for p in self.patterns.values() for n in sorted(p))
+        names = [n for n in order if any(n in p for p in self.patterns.values())]
         return {n: sorted(v for v, p in self.patterns.items() if n in p) for n in names}
 
 
@@ -220,6 +297,19 @@ def _label_array(
     return out
 
 
+def _met_table(cases: Sequence[_Annotated], names: Sequence[str]) -> _LabelTable:
+    """One label per combination of segments met in the data, ordered by segment order
+    (``WT``, ``WT+TC``, ``WT+TC+ET``...; for non-overlapping segments, one per segment)."""
+    met: set[frozenset[str]] = set()
+    for case in cases:
+        for value in np.unique(_codes(case.masks, names)):
+            if value:
+                met.add(frozenset(n for i, n in enumerate(names) if int(value) >> i & 1))
+    rank = {name: i for i, name in enumerate(names)}
+    ordered = sorted(met, key=lambda p: sorted(rank[n] for n in p))
+    return _LabelTable(dict(enumerate(ordered, start=1)))
+
+
 def _recorded_table(cases: Sequence[_Annotated]) -> _LabelTable | None:
     """The labels medai recorded in its SEGs, when every case has them and they agree."""
     regions: dict[str, list[int]] = {}
@@ -231,28 +321,21 @@ def _recorded_table(cases: Sequence[_Annotated]) -> _LabelTable | None:
                 return None
     values = sorted({v for members in regions.values() for v in members})
     patterns = {v: frozenset(n for n, m in regions.items() if v in m) for v in values}
-    table = _LabelTable(patterns, frozen=True)
+    table = _LabelTable(patterns)
     if len(set(table.patterns.values())) != len(values):
         return None  # two labels share all their segments: values cannot be recovered
     return table
 
 
-def _write_case(
-    entry: _Annotated,
-    image: Any,
-    labels: NDArray[np.int64],
-    case_id: str,
-    out_dir: Path,
-) -> Case:
+def _write_case(entry: _Annotated, labels: NDArray[np.int64], out_dir: Path) -> Case:
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
-    image_path = write_nifti(image, out_dir / "images" / f"{case_id}.nii.gz")
-    label_map = LabelMap(labels.astype(dtype), image.affine)
-    label_path = write_nifti(label_map, out_dir / "labels" / f"{case_id}.nii.gz")
+    label_map = LabelMap(labels.astype(dtype), entry.affine)
+    label_path = write_nifti(label_map, out_dir / "labels" / f"{entry.case_id}.nii.gz")
     info = entry.series
     return Case(
-        patient_id=info.patient_id or case_id,
-        case_id=case_id,
-        image=image_path.resolve(),
+        patient_id=info.patient_id or entry.case_id,
+        case_id=entry.case_id,
+        image=entry.image,
         label=label_path.resolve(),
         clinical={
             "modality": info.modality,
@@ -287,22 +370,18 @@ def import_dicom_annotations(folder: str | Path, *, out_dir: str | Path | None =
     """
     folder = Path(folder).resolve()
     out = Path(out_dir).resolve() if out_dir else folder.parent / f"{folder.name}_medai"
-    cases, volumes = _collect(folder)
+    cases = _collect(folder, out)
     names = list(dict.fromkeys(n for c in cases for n in c.masks))
     if len(names) > 62:
         raise DatasetError(f"{folder}: {len(names)} segment names; at most 62 are supported")
     table = _recorded_table(cases)
     recorded = table is not None
     if table is None:
-        table = _LabelTable()
-        for name in names:  # one label per segment name, in segment order
-            table.value_of(frozenset([name]))
-    written: list[Case] = []
-    taken: set[str] = set()
-    for entry in cases:
-        case_id = _case_id(entry.series, taken)
-        labels = _label_array(entry.masks, names, table, f"{folder} series {entry.series.uid}")
-        written.append(_write_case(entry, volumes[entry.series.uid], labels, case_id, out))
+        table = _met_table(cases, names)
+    written = [
+        _write_case(entry, _label_array(entry.masks, names, table, entry.case_id), out)
+        for entry in cases
+    ]
     modalities = {c.series.modality for c in cases}
     return Dataset(
         name=folder.name,
@@ -311,6 +390,6 @@ def import_dicom_annotations(folder: str | Path, *, out_dir: str | Path | None =
         task=TaskType.SEGMENTATION,
         channels=[modalities.pop() if len(modalities) == 1 else "image"],
         labels=table.labels(names),
-        regions=table.regions(),
+        regions=table.regions(names),
         cases=written,
     )

@@ -44,6 +44,7 @@ __all__ = [
     "LABELS_PREFIX",
     "AnnotationKind",
     "annotation_kind",
+    "frames_of_reference",
     "read_rtstruct_masks",
     "read_seg_masks",
     "referenced_series",
@@ -86,6 +87,23 @@ def referenced_series(ds: Dataset) -> list[str]:
             for series in study.get("RTReferencedSeriesSequence", []):
                 found.append(str(series.SeriesInstanceUID))
     return list(dict.fromkeys(found))
+
+
+def frames_of_reference(ds: Dataset) -> dict[str, str]:
+    """Where a SEG or RTSTRUCT's coordinates live: what (the object, or an ROI by name)
+    -> Frame of Reference UID."""
+    found: dict[str, str] = {}
+    if ds.get("FrameOfReferenceUID"):
+        found["the object"] = str(ds.FrameOfReferenceUID)
+    for item in ds.get("ReferencedFrameOfReferenceSequence", []):
+        if item.get("FrameOfReferenceUID"):
+            found.setdefault("the object", str(item.FrameOfReferenceUID))
+    for roi in ds.get("StructureSetROISequence", []):
+        if roi.get("ReferencedFrameOfReferenceUID"):
+            found[f"ROI {roi.get('ROIName', roi.get('ROINumber', '?'))!r}"] = str(
+                roi.ReferencedFrameOfReferenceUID
+            )
+    return found
 
 
 def referenced_sop_instances(ds: Dataset) -> set[str]:

@@ -122,7 +122,9 @@ def _instance(
     sc.SeriesDescription = description
     algorithm.stamp(sc)
     sc.BurnedInAnnotation = "NO"
-    sc.Laterality = ref.get("Laterality", "")  # type 2C: present, empty when unpaired
+    # Type 2C; dciodvfy reports an absent Laterality as an error where it cannot tell
+    # whether the body part is paired, and an empty one only as a warning.
+    sc.Laterality = ref.get("Laterality", "")
     return sc
 
 

@@ -208,12 +208,3 @@ def _check_one_series(datasets: Sequence[Dataset]) -> None:
     if len({str(ds.SOPInstanceUID) for ds in datasets}) != len(datasets):
         raise ImageWriteError("source lists an instance twice (repeated SOPInstanceUID)")
 
-
-def require_same_frame(source: SourceSeries, seg: Dataset) -> None:
-    """Raise unless ``seg`` (a SEG) lies in the source's frame of reference."""
-    mine = str(source.first.get("FrameOfReferenceUID", ""))
-    theirs = str(seg.get("FrameOfReferenceUID", ""))
-    if mine and theirs and mine != theirs:
-        raise GeometryError(
-            f"SEG frame of reference {theirs} differs from the source series' {mine}"
-        )
