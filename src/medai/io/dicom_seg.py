@@ -167,8 +167,8 @@ def write_seg(
     regions_ = _check_regions(regions)
     series = source if isinstance(source, SourceSeries) else SourceSeries.load(source)
     volume = series.on_grid(labels)
-    masks = np.stack([np.isin(volume, v) for v in regions_.values()], axis=-1)
-    pixels = series.frame_planes(masks.astype(np.uint8))  # (frames, rows, columns, segments)
+    planes = series.frame_planes(volume)  # (frames, rows, columns)
+    pixels = np.stack([np.isin(planes, v) for v in regions_.values()], axis=-1).astype(np.uint8)
     seed = series.sop_uids
     descriptions = _descriptions(regions_, algorithm, coding or {}, seed)
     omit = omit_empty_frames and bool(pixels.any())  # a SEG keeps at least its frames

@@ -189,8 +189,8 @@ class SourceSeries:
     def frame_planes(self, volume: NDArray[Any]) -> NDArray[Any]:
         """``(frames, rows, columns, ...)`` planes of an ``(x, y, z, ...)`` grid volume,
         one per source frame in instance (and frame) order."""
-        stacked = np.moveaxis(volume, (0, 1, 2), (2, 1, 0))  # (z, y, x, ...)
-        return stacked[np.asarray(self.slice_of_frame)]
+        picked = volume[:, :, np.asarray(self.slice_of_frame)]  # a copy, in frame order
+        return np.ascontiguousarray(np.moveaxis(picked, (0, 1, 2), (2, 1, 0)))
 
 
 def _check_one_series(datasets: Sequence[Dataset]) -> None:
