@@ -199,6 +199,8 @@ def test_run_whose_model_holds_no_valid_plan(tmp_path: Path) -> None:
     import torch
 
     torch.save({"plan": {"train": {"loss": "focal"}}, "model": {}}, tmp_path / "model.pt")
-    line = _error_line(["predict", str(tmp_path), str(tmp_path / "x.nii.gz"), str(tmp_path)])
+    line = _error_line(
+        ["predict", str(tmp_path), str(tmp_path / "x.nii.gz"), "--out", str(tmp_path)]
+    )
     assert "model.pt holds no valid plan (train.loss: Input should be 'dice_ce'" in line
     assert "retrain the run" in line

@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from _seg_cohort import make_msd
 from medai.cli.main import app
+from medai.inference import predict_case
 from medai.io import read_nifti
 from medai.preprocess import load_plan
+from medai.runtime import Segmenter, load_bundle
 
 
 def test_plan_preprocess_train_predict_cli(tmp_path: Path) -> None:
@@ -54,17 +56,32 @@ def test_plan_preprocess_train_predict_cli(tmp_path: Path) -> None:
     # predict the held-out validation case: a trained model finds its tumour
     (case,) = json.loads((run / "split.json").read_text())["validation"]
     image = msd / "imagesTr" / f"{case}.nii.gz"
-    res = runner.invoke(app, ["predict", str(run), str(image), str(tmp_path / "pred")])
+    # a run folder is exported on the fly (ONNX checked against PyTorch on its cases)
+    res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output
-    labels = read_nifti(tmp_path / "pred" / "labels.nii.gz")
+    labels = read_nifti(tmp_path / "pred" / f"{case}.nii.gz")
     assert labels.same_grid(read_nifti(image))
     truth = read_nifti(msd / "labelsTr" / f"{case}.nii.gz").array[0]
     pred = labels.array[0]
     wt_dice = 2 * np.sum((pred > 0) & (truth > 0)) / (np.sum(pred > 0) + np.sum(truth > 0))
     assert wt_dice > 0.8, wt_dice
-    volumes = json.loads((tmp_path / "pred" / "volumes.json").read_text())["volumes_ml"]
+    volumes = json.loads((tmp_path / "pred" / f"{case}_volumes.json").read_text())["volumes_ml"]
     assert volumes["WT"] == pytest.approx(np.count_nonzero(pred) * 8 / 1000)
     assert set(volumes) == {"WT", "TC", "ET"}
+    # the trained UNet exported as one zip: parity recorded, the same labels as PyTorch
+    bundle = tmp_path / "model.zip"
+    res = runner.invoke(app, ["export", str(run), str(bundle), "--zip"])
+    assert res.exit_code == 0, res.output
+    loaded = load_bundle(bundle)
+    assert loaded.documents["parity.json"]["max_abs_diff"] < 1e-3
+    assert len(loaded.documents["reference.json"]["cases"]) == 3  # the training cases
+    card = loaded.documents["model_card.json"]
+    assert card["training_data"]["training_cases"] == 3
+    assert card["validation"]["best_dice"] == val["best_dice"]
+    torch_labels = predict_case(run, image).labels.array
+    onnx_labels = Segmenter(loaded).predict(image).labels.array
+    assert np.mean(onnx_labels == torch_labels) > 0.999
+    assert np.count_nonzero(onnx_labels) > 0
 
 
 def test_cli_reports_bad_override_cleanly(tmp_path: Path) -> None:

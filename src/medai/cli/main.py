@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from medai import __version__
+from medai.cli.bundle_cmd import export_cmd, predict_cmd
 from medai.cli.console import console, setup_logging
 from medai.cli.data_cmd import data_app
 from medai.cli.deid_cmd import deid
@@ -28,6 +29,8 @@ app.add_typer(synth_app, name="synth")
 app.add_typer(radiomics_app, name="radiomics")
 app.command("deid")(deid)
 register_seg_commands(app)
+app.command("export")(export_cmd)
+app.command("predict")(predict_cmd)
 app.command("evaluate")(evaluate_cmd)
 
 

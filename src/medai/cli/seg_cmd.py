@@ -1,4 +1,5 @@
-"""``medai plan | preprocess | train | predict``: the segmentation pipeline's commands."""
+"""``medai plan | preprocess | train``: the segmentation pipeline's commands (``predict``
+and ``export`` are in :mod:`medai.cli.bundle_cmd`)."""
 
 from __future__ import annotations
 
@@ -200,29 +201,8 @@ def _print_validation_dice(result: Any) -> None:
         )
 
 
-def predict_cmd(
-    run: Path = typer.Argument(..., help="Training run folder (holds model.pt)."),
-    image: Path = typer.Argument(..., help="NIfTI file or DICOM study folder."),
-    out: Path = typer.Argument(..., help="Output folder, or a .nii.gz path for the labels."),
-    tta: bool | None = typer.Option(None, help="Flip test-time augmentation (plan default)."),
-    probabilities: bool = typer.Option(False, help="Also write region probabilities."),
-    device: str | None = typer.Option(None, help="cpu, cuda"),
-) -> None:
-    """Segment one study; the label map lands on the input grid."""
-    from medai.inference import load_run, predict_case, write_prediction
-
-    with user_errors():
-        t0 = time.perf_counter()
-        loaded = load_run(run, device=parse_device(device))
-        pred = predict_case(loaded, image, tta=tta, keep_probabilities=probabilities)
-        paths = write_prediction(pred, out)
-    vols = " ".join(f"{k} {v:.2f} mL" for k, v in pred.volumes_ml.items())
-    console.print(f"{vols} · {time.perf_counter() - t0:.1f} s → {paths['labels']}")
-
-
 def register_seg_commands(app: typer.Typer) -> None:
-    """Add the four segmentation commands to the ``medai`` app."""
+    """Add the segmentation commands to the ``medai`` app (predict: :mod:`bundle_cmd`)."""
     app.command("plan")(plan_cmd)
     app.command("preprocess")(preprocess_cmd)
     app.command("train")(train_cmd)
-    app.command("predict")(predict_cmd)
