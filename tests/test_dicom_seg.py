@@ -243,3 +243,22 @@ def test_dciodvfy_check_reports_a_broken_seg(tmp_path) -> None:
     errors = dciodvfy_errors(tmp_path / "broken.dcm")
     assert len(errors) == 2
     assert any("ContentLabel" in e for e in errors)
+
+
+@pytest.mark.parametrize("omit_empty_frames", [False, True])
+def test_seg_of_an_empty_prediction_is_valid(tmp_path, omit_empty_frames: bool) -> None:
+    """No foreground at all: every segment is kept, with a frame per source slice."""
+    folder, _image, label = oblique_study(tmp_path)
+    empty = LabelMap(np.zeros(label.shape, np.uint8), label.affine)
+    path = write_seg(
+        empty,
+        folder,
+        regions=BRAIN_REGIONS,
+        algorithm=ALGO,
+        out_path=tmp_path / "s.dcm",
+        omit_empty_frames=omit_empty_frames,
+    )
+    seg = check_seg(path, folder, empty, BRAIN_REGIONS)
+    assert seg.NumberOfFrames == 3 * label.shape[2]
+    assert not seg.pixel_array.any()
+    assert dciodvfy_errors(path) == []

@@ -14,8 +14,16 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from _dicom_outputs import ALGO, BRAIN_REGIONS, dciodvfy_errors, dicom_tool, mr2_series, synth_study
-from medai.errors import ImageWriteError
+from _dicom_outputs import (
+    ALGO,
+    BRAIN_REGIONS,
+    dciodvfy_errors,
+    dicom_tool,
+    mr2_series,
+    oblique_study,
+    synth_study,
+)
+from medai.errors import ImageReadError, ImageWriteError
 from medai.image import LabelMap
 from medai.io import region_volumes_ml, write_seg, write_sr
 from medai.io.dicom_sr import PRIVATE_SCHEME, feature_concept
@@ -181,5 +189,24 @@ def test_sr_refusals(synth, tmp_path) -> None:
             out_path=tmp_path / "x.dcm",
             uncertainty=float("inf"),
         )
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    with pytest.raises(ImageReadError, match="broken.dcm: not a readable DICOM file"):
+        write_sr(volumes, folder, seg=broken, algorithm=ALGO, out_path=tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
     assert region_volumes_ml(other_label, {"core": [2]})["core"] > 0
+
+
+def test_sr_of_oblique_anisotropic_series(tmp_path) -> None:
+    folder, _image, label = oblique_study(tmp_path)
+    seg = write_seg(
+        label, folder, regions=BRAIN_REGIONS, algorithm=ALGO, out_path=tmp_path / "seg.dcm"
+    )
+    volumes = region_volumes_ml(label, BRAIN_REGIONS)
+    voxel_ml = 0.9 * 1.3 * 3.5 / 1000  # the series' spacing
+    assert volumes["WT"] == pytest.approx(np.count_nonzero(label.array) * voxel_ml)
+    path = write_sr(volumes, folder, seg=seg, algorithm=ALGO, out_path=tmp_path / "sr.dcm")
+    check_sr(path, folder, seg, volumes)
+    assert dciodvfy_errors(path) == []
+    numbers = _xml_numbers(_dsr2xml(path))
+    assert [v for _, v, _ in numbers] == pytest.approx(list(volumes.values()), rel=1e-9)

@@ -32,6 +32,7 @@ from pydicom.uid import SegmentationStorage
 from medai.errors import ImageWriteError
 from medai.fsutil import atomic_path
 from medai.image import LabelMap
+from medai.io._guard import file_errors
 from medai.io.dicom_derived import AlgorithmInfo, OutputKind, derived_uid
 from medai.io.dicom_source import SourceLike, SourceSeries
 
@@ -88,7 +89,11 @@ def _concept(item: Dataset) -> hd.sr.CodedConcept:
 
 
 def _load_seg(seg: str | Path | Dataset, source: SourceSeries) -> Dataset:
-    ds = seg if isinstance(seg, Dataset) else pydicom.dcmread(seg, stop_before_pixels=True)
+    if isinstance(seg, Dataset):
+        ds = seg
+    else:
+        with file_errors(seg, "not a readable DICOM file; pass the SEG write_seg wrote"):
+            ds = pydicom.dcmread(seg, stop_before_pixels=True)
     if str(ds.get("SOPClassUID", "")) != SegmentationStorage:
         raise ImageWriteError("seg must be a DICOM Segmentation (the file write_seg wrote)")
     referenced = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])}
