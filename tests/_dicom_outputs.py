@@ -15,14 +15,13 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from scipy.spatial.transform import Rotation
 
 from medai.image import LabelMap, ScalarImage
 from medai.io import AlgorithmInfo, read_dicom_series, write_dicom_series
 
-DATA_STORE = Path(pydicom.__file__).parent.parent / "data_store" / "data"
 ALGO = AlgorithmInfo("test-glioma", "2.1.0", digest="0123456789abcdef" * 4)
 BRAIN_REGIONS = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
 
@@ -108,7 +107,9 @@ def mr2_series(root: Path) -> tuple[Path, ScalarImage, LabelMap]:
     folder, with a disc (label 1) holding a smaller disc (label 2) on its grid."""
     folder = root / "mr2"
     folder.mkdir(parents=True)
-    shutil.copy(DATA_STORE / "MR2_UNCR.dcm", folder / "MR2_UNCR.dcm")
+    source = get_testdata_file("MR2_UNCR.dcm")  # from the pydicom-data package
+    assert source is not None, "pydicom-data is not installed (it is in requirements.txt)"
+    shutil.copy(source, folder / "MR2_UNCR.dcm")
     image = read_dicom_series(folder)
     ii, jj = np.indices(image.shape[:2])
     r = np.hypot(ii - 600, jj - 420)

@@ -222,3 +222,40 @@ def test_corrupt_files_are_refused_by_name(tmp_path: Path) -> None:
     assert "seg.dcm" in line
     assert "replace it with an intact copy" in line
     assert not (tmp_path / "ds.yaml").exists()
+
+
+def test_archive_of_several_studies_and_both_annotation_kinds(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    labels = []
+    for name in ("a", "b"):
+        folder, _image, label = oblique_study(archive / name, labels_of=BRATS)
+        write_seg(label, folder, regions=BRATS_REGIONS, algorithm=ALGO, out_path=folder / "s.dcm")
+        labels.append(label.numpy3d())
+    ds = import_dataset(archive, out_dir=tmp_path / "only_seg")
+    assert len(ds.cases) == 2
+    assert len({c.case_id for c in ds.cases}) == 2
+    assert sorted(ds.labels) == [0, 1, 2, 4]  # recorded by medai: values kept
+    backs = [read_label(c.label).numpy3d() for c in ds.cases]
+    assert sorted(b.tobytes() for b in backs) == sorted(x.tobytes() for x in labels)
+    folder, image, _label = oblique_study(archive / "c")
+    write_rtstruct(folder / "rt.dcm", folder, image, _contours())
+    ds = import_dataset(archive, out_dir=tmp_path / "mixed")
+    assert len(ds.cases) == 3
+    assert list(ds.regions) == ["WT", "TC", "ET", "CTV", "GTV", "ring"]
+    by_kind = {c.clinical["annotation"]: read_label(c.label).numpy3d() for c in ds.cases}
+    rt_masks = expected_masks(_contours(), image.shape)
+    for name, mask in rt_masks.items():
+        assert np.array_equal(np.isin(by_kind["RTSTRUCT"], ds.regions[name]), mask)
+    seg_backs = [
+        read_label(c.label).numpy3d() for c in ds.cases if c.clinical["annotation"] == "SEG"
+    ]
+    for back in seg_backs:
+        assert not np.isin(back, ds.regions["CTV"]).any()
+        matches = [
+            all(
+                np.array_equal(np.isin(back, ds.regions[n]), np.isin(x, v))
+                for n, v in BRATS_REGIONS.items()
+            )
+            for x in labels
+        ]
+        assert any(matches)
