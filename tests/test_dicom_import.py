@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from scipy import ndimage
+from skimage.measure import find_contours
 from typer.testing import CliRunner
 
 from _dicom_outputs import ALGO, dciodvfy_errors, oblique_study
@@ -166,6 +167,23 @@ def test_rtstruct_imports_within_one_voxel_of_its_contours(tmp_path: Path) -> No
     ring = np.isin(back, ds.regions["ring"])[:, :, 10]
     assert not ring[20, 18]  # the inner contour is a hole
     assert ring[20 + 7, 18]
+
+
+def test_rtstruct_traced_from_a_mask_imports_as_that_mask(tmp_path: Path) -> None:
+    """Contours traced around a mask's pixels (marching squares, as mask-to-RTSTRUCT tools
+    do) on the oblique anisotropic series rasterise back to the very same mask."""
+    folder, image, label = oblique_study(tmp_path / "archive")
+    whole = label.numpy3d() > 0
+    traced = []
+    for k in range(whole.shape[2]):
+        padded = np.pad(whole[:, :, k], 1).astype(float)  # closed contours at the border too
+        traced += [(k, c - 1.0) for c in find_contours(padded, 0.5)]
+    assert len(traced) >= 5
+    write_rtstruct(folder / "rt.dcm", folder, image, {"tumour": traced})
+    ds = import_dataset(tmp_path / "archive", out_dir=tmp_path / "out")
+    back = read_label(ds.cases[0].label).numpy3d()
+    assert ds.labels == {0: "background", 1: "tumour"}
+    assert np.array_equal(back == 1, whole)
 
 
 # -- refusals -----------------------------------------------------------------------------
