@@ -52,10 +52,10 @@ def test_smooth_field_is_smooth_and_unit_variance() -> None:
 def test_lowest_picks_exactly_count_allowed_voxels() -> None:
     cost = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
     allowed = cost % 2 == 0
-    picked = tumour._lowest(cost, allowed, 4)
+    picked = tumour.lowest_cost(cost, allowed, 4)
     assert sorted(cost[picked].tolist()) == [0, 2, 4, 6]
-    assert tumour._lowest(cost, allowed, 100).sum() == allowed.sum()
-    assert not tumour._lowest(cost, allowed, 0).any()
+    assert tumour.lowest_cost(cost, allowed, 100).sum() == allowed.sum()
+    assert not tumour.lowest_cost(cost, allowed, 0).any()
 
 
 def test_mass_effect_pushes_radially_and_vanishes_without_mass() -> None:

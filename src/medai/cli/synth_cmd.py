@@ -23,9 +23,15 @@ def glioma(
         ["msd"], "--layout", help="Output layout: msd and/or brats (repeat the option)."
     ),
     dicom: bool = typer.Option(False, "--dicom", help="Also write DICOM MR series."),
+    out_of_range: bool = typer.Option(
+        False,
+        "--out-of-range",
+        help="Draw scanners and tumour looks outside the documented ranges (shifted "
+        "test cohorts; never train or tune on them).",
+    ),
 ) -> None:
     """A BraTS-like glioma cohort: 4 MR contrasts, labels, clinical table, survival."""
-    from medai.data.synth import generate_cohort
+    from medai.data.synth import Appearance, SiteRanges, generate_cohort
 
     with user_errors(), progress() as bar:
         task = bar.add_task("generating cases", total=cases)
@@ -38,6 +44,8 @@ def glioma(
             layouts=tuple(layout),
             hgg_fraction=hgg_fraction,
             dicom=dicom,
+            appearance=Appearance.out_of_range() if out_of_range else None,
+            site_ranges=SiteRanges.out_of_range() if out_of_range else None,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     console.print(

@@ -6,17 +6,28 @@ so it is the same whatever the cohort size.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medai.data.synth import anatomy, clinical, contrast, tumour
+from medai.data.synth.appearance import (
+    LOOK_STREAM,
+    Appearance,
+    CaseLook,
+    carve_inclusions,
+    draw_look,
+    merge_masks,
+)
+from medai.data.synth.contrast import SiteRanges
 from medai.data.synth.tumour import Grade
 from medai.errors import ConfigError
+from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 
 __all__ = ["CohortInfo", "SyntheticCase", "generate_case", "generate_cohort"]
@@ -78,18 +89,45 @@ def _subject_with_tumour(
     warp: anatomy.Warp,
     params: tumour.TumourParams,
     spacing: float,
+    look: CaseLook,
 ) -> tuple[anatomy.SubjectAnatomy, tumour.TumourMasks, tuple[int, int, int]]:
-    """Warp the atlas, place the tumour in white matter, push tissue away, grow it."""
+    """Warp the atlas, place the tumour in white matter, push tissue away, grow it.
+
+    A multifocal case (``look.satellite_share > 0``) splits the drawn volumes between
+    the main lesion and a satellite placed and shaped from the look's own stream.
+    """
+    main, satellite = params, None
+    if look.satellite_share > 0:
+        main, satellite = tumour.split_satellite(
+            params, look.satellite_share, shape_seed=look.detail_seed
+        )
     coords = anatomy.source_coordinates(atlas, warp)
     plain = anatomy.make_subject(atlas, warp, coords=coords)
-    centre = tumour.pick_centre(
-        rng, plain.fractions[2], plain.brain, spacing=spacing, params=params
-    )
-    push = tumour.mass_effect_displacement(atlas.shape, centre, spacing=spacing, params=params)
+    centre = tumour.pick_centre(rng, plain.fractions[2], plain.brain, spacing=spacing, params=main)
+    push = tumour.mass_effect_displacement(atlas.shape, centre, spacing=spacing, params=main)
     subject = anatomy.make_subject(atlas, warp, coords=coords, extra_displacement=push)
     csf, _, wm = subject.fractions
-    masks = tumour.grow_tumour(params, centre, wm=wm, brain=subject.brain, csf=csf, spacing=spacing)
+    masks = tumour.grow_tumour(main, centre, wm=wm, brain=subject.brain, csf=csf, spacing=spacing)
+    if satellite is not None:
+        where = tumour.pick_satellite_centre(
+            np.random.default_rng([look.detail_seed, 2]),
+            wm,
+            subject.brain,
+            spacing=spacing,
+            main=(centre, main),
+            satellite=satellite,
+        )
+        second = tumour.grow_tumour(
+            satellite, where, wm=wm, brain=subject.brain, csf=csf, spacing=spacing
+        )
+        masks = merge_masks(masks, second)
     return subject, masks, centre
+
+
+def _with_look(params: tumour.TumourParams, look: CaseLook) -> tumour.TumourParams:
+    """The tumour's oedema follows the look: cortex preference, rougher when infiltrative."""
+    noise = params.oedema_noise * (2.0 if look.infiltrative else 1.0)
+    return replace(params, oedema_wm_preference=look.oedema_wm_preference, oedema_noise=noise)
 
 
 def _volumes_ml(labels: np.ndarray, necrosis: np.ndarray, spacing: float) -> dict[str, float]:
@@ -110,6 +148,8 @@ def generate_case(
     sites: int = 4,
     hgg_fraction: float = 0.7,
     grade: Grade | str | None = None,
+    appearance: Appearance | None = None,
+    site_ranges: SiteRanges | None = None,
 ) -> SyntheticCase:
     """Generate case ``index`` of the cohort drawn from ``seed``.
 
@@ -120,6 +160,9 @@ def generate_case(
         sites: Number of scanner sites the case is drawn among.
         hgg_fraction: Probability of a high-grade glioma.
         grade: Force ``"HGG"`` or ``"LGG"`` (the rest of the draw is unchanged).
+        appearance: Tumour appearance ranges (default: the documented cohort's);
+            :meth:`Appearance.narrow` gives the first generator's single look.
+        site_ranges: Scanner ranges the sites are drawn from (default: documented).
 
     Raises:
         ValueError: On an out-of-range argument.
@@ -130,16 +173,25 @@ def generate_case(
     rng = np.random.default_rng([seed, index])
     drawn_grade = Grade.HGG if rng.random() < hgg_fraction else Grade.LGG
     grade_ = drawn_grade if grade is None else Grade(grade)
-    site = contrast.make_sites(sites, seed=seed)[int(rng.integers(sites))]
+    site = contrast.make_sites(sites, seed=seed, ranges=site_ranges)[int(rng.integers(sites))]
+    look = draw_look(np.random.default_rng([seed, index, LOOK_STREAM]), appearance or Appearance())
     age, sex = clinical.draw_age_sex(rng, grade=grade_)
     atlas = anatomy.load_atlas(float(spacing))
     warp = anatomy.draw_warp(rng, age=age)
-    params = tumour.draw_tumour(rng, grade=grade_)
+    params = _with_look(tumour.draw_tumour(rng, grade=grade_), look)
 
-    subject, masks, centre = _subject_with_tumour(rng, atlas, warp, params, spacing)
-    stack = np.stack([masks.oedema, masks.non_enhancing, masks.necrosis, masks.enhancing])
+    subject, masks, centre = _subject_with_tumour(rng, atlas, warp, params, spacing, look)
+    cyst, calcified = carve_inclusions(masks, look, spacing=spacing)
+    inclusions = cyst | calcified
+    stack = [masks.oedema, masks.non_enhancing & ~inclusions, masks.necrosis & ~inclusions]
+    stack += [masks.enhancing] + ([cyst, calcified] if inclusions.any() else [])
     images = contrast.render(
-        subject.fractions, stack.astype(np.float32), site=site, spacing=spacing, rng=rng
+        subject.fractions,
+        np.stack(stack).astype(np.float32),
+        site=site,
+        spacing=spacing,
+        rng=rng,
+        look=look,
     )
     labels = masks.msd_labels()
     info: dict[str, Any] = {
@@ -151,11 +203,44 @@ def generate_case(
         **_volumes_ml(labels, masks.necrosis, spacing),
         "atrophy": round(warp.atrophy, 4),
     }
-    drawn = {"warp": asdict(warp), "tumour": asdict(params), "centre_voxel": list(centre)}
+    drawn = {
+        "warp": asdict(warp),
+        "tumour": asdict(params),
+        "centre_voxel": list(centre),
+        "look": asdict(look),
+        "inclusions_ml": {
+            "cyst": float(cyst.sum() * spacing**3 / 1000.0),
+            "calcification": float(calcified.sum() * spacing**3 / 1000.0),
+        },
+    }
     meta = {"channels": list(MSD_CHANNELS), "patient_id": info["patient_id"], "seed": seed}
     image = ScalarImage(images[list(_FROM_CONTRAST)], atlas.affine, meta=meta)
     label = LabelMap(labels[None], atlas.affine, meta={"patient_id": info["patient_id"]})
     return SyntheticCase(index, image, label, info, masks.necrosis, drawn)
+
+
+def _write_generator_json(
+    root: Path,
+    seed: int,
+    sites: int,
+    appearance: Appearance | None,
+    site_ranges: SiteRanges | None,
+) -> Path:
+    """``generator.json``: the ranges the cohort was drawn from and its sites."""
+    ranges = site_ranges or SiteRanges()
+    drawn_sites = [
+        {**asdict(site), "contrast_gain": site.contrast_gain.round(4).tolist()}
+        for site in contrast.make_sites(sites, seed=seed, ranges=ranges)
+    ]
+    payload = {
+        "seed": seed,
+        "appearance": asdict(appearance or Appearance()),
+        "site_ranges": asdict(ranges),
+        "sites": drawn_sites,
+    }
+    path = root / "generator.json"
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return path
 
 
 def generate_cohort(
@@ -169,6 +254,8 @@ def generate_cohort(
     hgg_fraction: float = 0.7,
     dicom: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    appearance: Appearance | None = None,
+    site_ranges: SiteRanges | None = None,
 ) -> CohortInfo:
     """Generate ``cases`` cases and write them to ``out`` in each of ``layouts``.
 
@@ -185,6 +272,8 @@ def generate_cohort(
         hgg_fraction: Probability of a high-grade glioma.
         dicom: Also write one DICOM MR series per contrast under ``dicom/``.
         progress: Called as ``progress(done, total)`` after each case.
+        appearance: Tumour appearance ranges (default: the documented cohort's).
+        site_ranges: Scanner ranges the sites are drawn from (default: documented).
 
     Raises:
         ValueError: On a bad argument or unknown layout.
@@ -201,7 +290,15 @@ def generate_cohort(
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for i in range(cases):
-        case = generate_case(i, seed=seed, spacing=spacing, sites=sites, hgg_fraction=hgg_fraction)
+        case = generate_case(
+            i,
+            seed=seed,
+            spacing=spacing,
+            sites=sites,
+            hgg_fraction=hgg_fraction,
+            appearance=appearance,
+            site_ranges=site_ranges,
+        )
         if "msd" in layouts:
             writers.write_msd_case(case, root)
         if "brats" in layouts:
@@ -214,6 +311,7 @@ def generate_cohort(
         if progress is not None:
             progress(i + 1, cases)
     csv_path, model_path = writers.write_clinical(rows, root, seed=seed)
+    _write_generator_json(root, seed, sites, appearance, site_ranges)
     dataset_json = writers.write_msd_dataset_json(root, cases) if "msd" in layouts else None
     return CohortInfo(
         root=root,

@@ -8,7 +8,7 @@ lowest value of a noisy "distance from the centre" cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -23,8 +23,11 @@ __all__ = [
     "TumourParams",
     "draw_tumour",
     "grow_tumour",
+    "lowest_cost",
     "mass_effect_displacement",
     "pick_centre",
+    "pick_satellite_centre",
+    "split_satellite",
 ]
 
 Bool3 = NDArray[np.bool_]
@@ -49,6 +52,8 @@ class TumourParams:
     anisotropy: tuple[float, float, float]
     mass_effect: float  # 0 = none; fraction of the core radius tissue is pushed
     shape_seed: int
+    oedema_wm_preference: float = 0.8  # 0: oedema enters cortex freely; larger: spares it
+    oedema_noise: float = 0.3  # irregularity of the oedema outline (larger: infiltrative)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,61 @@ def pick_centre(
     return (int(i), int(j), int(k))
 
 
+def pick_satellite_centre(
+    rng: np.random.Generator,
+    wm: F32,
+    brain: F32,
+    *,
+    spacing: float,
+    main: tuple[tuple[int, int, int], TumourParams],
+    satellite: TumourParams,
+) -> tuple[int, int, int]:
+    """A centre for a second lesion, far enough from the main one to stay separate.
+
+    The two whole tumours' radii apart (so their oedemas barely touch), else the
+    candidate farthest from the main centre.
+    """
+    depth = ndimage.distance_transform_edt(brain > 0.5) * spacing
+    need = min(0.9 * _radius_mm(satellite.tc_ml) + 4.0, 0.6 * float(depth.max()))
+    ok = (wm > 0.6) & (depth > need)
+    if not ok.any():
+        ok = depth >= 0.8 * float(depth.max())
+    centre, params = main
+    rel = (
+        np.indices(wm.shape, dtype=np.float32) - np.asarray(centre, np.float32)[:, None, None, None]
+    )
+    apart = np.sqrt((rel**2).sum(axis=0)) * spacing
+    far = ok & (apart > _radius_mm(params.wt_ml) + _radius_mm(satellite.wt_ml))
+    candidates = (
+        np.flatnonzero(far) if far.any() else np.array([np.argmax(np.where(ok, apart, -1))])
+    )
+    flat = int(candidates[rng.integers(candidates.size)])
+    i, j, k = np.unravel_index(flat, wm.shape)
+    return (int(i), int(j), int(k))
+
+
+def split_satellite(
+    params: TumourParams, share: float, *, shape_seed: int
+) -> tuple[TumourParams, TumourParams]:
+    """The main lesion and a satellite that together hold the drawn volumes.
+
+    The satellite takes ``share`` of every sub-region volume and pushes no tissue.
+    """
+
+    def part(fraction: float) -> TumourParams:
+        return replace(
+            params,
+            wt_ml=params.wt_ml * fraction,
+            tc_ml=params.tc_ml * fraction,
+            ncr_ml=params.ncr_ml * fraction,
+            et_ml=params.et_ml * fraction,
+        )
+
+    main = part(1.0 - share)
+    satellite = replace(part(share), mass_effect=0.0, shape_seed=shape_seed)
+    return main, satellite
+
+
 def mass_effect_displacement(
     shape: tuple[int, int, int],
     centre: tuple[int, int, int],
@@ -151,7 +211,7 @@ def mass_effect_displacement(
     return out.astype(np.float32)
 
 
-def _lowest(cost: F32, allowed: Bool3, count: int) -> Bool3:
+def lowest_cost(cost: F32, allowed: Bool3, count: int) -> Bool3:
     """The ``count`` allowed voxels with the lowest ``cost``."""
     idx = np.flatnonzero(allowed)
     out = np.zeros(cost.shape, dtype=bool)
@@ -192,18 +252,18 @@ def _grow_core(
     # Costs are distances in units of the target radius plus bounded noise: lobulated
     # outlines that stay centred on the centre (multiplicative noise could move them).
     core_cost = dist / _radius_mm(params.tc_ml) + 0.35 * noise[0] + 0.15 * fine
-    core = _lowest(core_cost, tissue, n[0])
+    core = lowest_cost(core_cost, tissue, n[0])
     core = ndimage.binary_closing(core, iterations=1) & tissue
     # Necrosis is the deepest part of the core; enhancement the outer rim around it,
     # broken by noise so that non-enhancing tumour fills the gaps.
     depth = ndimage.distance_transform_edt(core, sampling=spacing).astype(np.float32)
-    necrosis = _lowest(-depth * np.exp(0.35 * noise[1]), core, n[1])
+    necrosis = lowest_cost(-depth * np.exp(0.35 * noise[1]), core, n[1])
     shell = core & ~necrosis
     if params.grade is Grade.HGG:
         et_cost = depth + 2.5 * noise[2] + 1.5 * fine
     else:
         et_cost = noise[2] + 0.3 * fine
-    enhancing = _lowest(et_cost, shell, n[2])
+    enhancing = lowest_cost(et_cost, shell, n[2])
     return necrosis, enhancing, shell & ~enhancing
 
 
@@ -238,9 +298,10 @@ def grow_tumour(
     n_ed = round((params.wt_ml - params.tc_ml) / voxel_ml)
     # Oedema tracks white matter: cost is much lower in WM than in cortex, none in CSF.
     wm_share = wm_b / np.maximum(brain_b, 1e-3)
-    ed_cost = dist / r_wt * (1.6 - 0.8 * wm_share) + 0.3 * noise[3]
+    pref = params.oedema_wm_preference
+    ed_cost = dist / r_wt * (0.8 + pref - pref * wm_share) + params.oedema_noise * noise[3]
     ed_allowed = (brain_b > 0.5) & (csf_b < 0.35) & ~core & (dist < 2.7 * r_wt)
-    oedema = _connected_to(_lowest(ed_cost, ed_allowed, int(1.1 * n_ed)), core)
+    oedema = _connected_to(lowest_cost(ed_cost, ed_allowed, int(1.1 * n_ed)), core)
 
     def full(mask: Bool3) -> Bool3:
         out = np.zeros(shape, dtype=bool)
