@@ -44,6 +44,7 @@ def test_overlay_of_oblique_anisotropic_series(tmp_path) -> None:
         assert sc.SeriesInstanceUID != first.SeriesInstanceUID
         assert sc.SOPInstanceUID not in sources
         sop_uids.add(sc.SOPInstanceUID)
+        assert sc.file_meta.MediaStorageSOPInstanceUID == sc.SOPInstanceUID
         ref = sources[str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID)]
         # the instance's slice is the one its source instance lies at
         ras = LPS_TO_RAS[:3, :3] @ np.asarray(ref.ImagePositionPatient, float)

@@ -25,6 +25,7 @@ import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from scipy import ndimage
 
 from medai.errors import ImageWriteError
@@ -88,19 +89,26 @@ def _source_reference(ds: Dataset, frame: int | None) -> Dataset:
     return item
 
 
-def _instance(
+def _slice_fields(series: SourceSeries, z: int) -> tuple[Dataset, Dataset, list[str], list[float]]:
+    """Slice ``z``'s source instance, its reference, Patient Orientation and Pixel Spacing."""
+    ref, frame = series.dataset_of_slice(z)
+    geometry = series.frames[series.slice_of_frame.index(z)][0]
+    iop = geometry.orientation if geometry.orientation is not None else np.array([1, 0, 0, 0, 1, 0])
+    orientation = [_orientation(iop[:3]), _orientation(iop[3:])]
+    spacing = [float(v) for v in geometry.pixel_spacing]
+    return ref, _source_reference(ref, frame), orientation, spacing
+
+
+def _first_instance(
     series: SourceSeries,
     plane: NDArray[np.uint8],
-    z: int,
     algorithm: AlgorithmInfo,
     series_number: int,
     description: str,
 ) -> hd.sc.SCImage:
-    ref, frame = series.dataset_of_slice(z)
+    """The overlay instance of slice 0, built (and checked) by highdicom."""
+    ref, reference, orientation, spacing = _slice_fields(series, 0)
     seed = series.sop_uids
-    geometry = series.frames[series.slice_of_frame.index(z)][0]
-    iop = geometry.orientation if geometry.orientation is not None else np.array([1, 0, 0, 0, 1, 0])
-    rows, columns = _orientation(iop[:3]), _orientation(iop[3:])
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=plane,
@@ -109,15 +117,15 @@ def _instance(
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=derived_uid(algorithm, seed, OutputKind.SC, "series"),
         series_number=series_number,
-        sop_instance_uid=derived_uid(algorithm, seed, OutputKind.SC, "instance", z),
-        instance_number=z + 1,
+        sop_instance_uid=derived_uid(algorithm, seed, OutputKind.SC, "instance", 0),
+        instance_number=1,
         manufacturer=algorithm.manufacturer,
-        pixel_spacing=geometry.pixel_spacing,  # type: ignore[arg-type]
-        patient_orientation=(rows[0], columns[0]),
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        patient_orientation=(orientation[0][0], orientation[1][0]),
         transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
     )
-    sc.PatientOrientation = [rows, columns]
-    sc.SourceImageSequence = [_source_reference(ref, frame)]
+    sc.PatientOrientation = orientation
+    sc.SourceImageSequence = [reference]
     sc.DerivationDescription = f"{algorithm.name} {algorithm.version} segmentation outlines"[:1024]
     sc.SeriesDescription = description
     algorithm.stamp(sc)
@@ -126,6 +134,27 @@ def _instance(
     # whether the body part is paired, and an empty one only as a warning.
     sc.Laterality = ref.get("Laterality", "")
     return sc
+
+
+def _move_to_slice(
+    sc: Dataset,
+    series: SourceSeries,
+    plane: NDArray[np.uint8],
+    z: int,
+    algorithm: AlgorithmInfo,
+    seed: list[str],
+) -> None:
+    """Turn the overlay instance ``sc`` (already saved) into slice ``z``'s: its pixels,
+    UID, number, orientation, spacing and source reference. All else is the header
+    every instance of the series shares, so one highdicom-built instance serves all."""
+    _ref, reference, orientation, spacing = _slice_fields(series, z)
+    uid = UID(derived_uid(algorithm, seed, OutputKind.SC, "instance", z))
+    sc.SOPInstanceUID = sc.file_meta.MediaStorageSOPInstanceUID = uid
+    sc.InstanceNumber = z + 1
+    sc.PatientOrientation = orientation
+    sc.PixelSpacing = spacing
+    sc.SourceImageSequence = [reference]
+    sc.PixelData = plane.tobytes()
 
 
 def _publish(staging: Path, folder: Path) -> None:
@@ -188,9 +217,14 @@ def write_overlay_sc(
     staging.mkdir()
     names = [f"sc_{z + 1:04d}.dcm" for z in range(series.shape[2])]
     try:
+        seed = series.sop_uids
+        sc: Dataset | None = None
         for z, name in enumerate(names):
             plane = np.ascontiguousarray(rgb[:, :, z].transpose(1, 0, 2))  # (rows, columns, 3)
-            sc = _instance(series, plane, z, algorithm, series_number, description)
+            if sc is None:
+                sc = _first_instance(series, plane, algorithm, series_number, description)
+            else:
+                _move_to_slice(sc, series, plane, z, algorithm, seed)
             sc.save_as(staging / name, enforce_file_format=True)
         _publish(staging, folder)
     finally:
