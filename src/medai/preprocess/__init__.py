@@ -1,10 +1,16 @@
 """Deterministic, torch-free preprocessing driven by a :class:`Plan`.
 
-The same :func:`preprocess_image` runs at training and at inference.
+The same :func:`preprocess_image` runs at training and at inference. The dataset side
+(cases, cohorts, fingerprints: it imports :mod:`medai.data` with pandas and
+matplotlib) is loaded on first use, so the runtime that only preprocesses one study
+starts fast.
 """
 
-from medai.preprocess.cases import BRATS_REGIONS, SegCase, SegCohort, as_cohort
-from medai.preprocess.fingerprint import ChannelStats, Fingerprint, compute_fingerprint
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from medai.preprocess.pipeline import (
     GridRecord,
     Preprocessed,
@@ -38,6 +44,10 @@ from medai.preprocess.steps import (
     uncrop,
     zscore_in_mask,
 )
+
+if TYPE_CHECKING:
+    from medai.preprocess.cases import BRATS_REGIONS, SegCase, SegCohort, as_cohort
+    from medai.preprocess.fingerprint import ChannelStats, Fingerprint, compute_fingerprint
 
 __all__ = [
     "BRATS_REGIONS",
@@ -75,3 +85,24 @@ __all__ = [
     "uncrop",
     "zscore_in_mask",
 ]
+
+# the dataset side's names, and the module holding each
+_DATASET_SIDE = {
+    "BRATS_REGIONS": "medai.preprocess.cases",
+    "SegCase": "medai.preprocess.cases",
+    "SegCohort": "medai.preprocess.cases",
+    "as_cohort": "medai.preprocess.cases",
+    "ChannelStats": "medai.preprocess.fingerprint",
+    "Fingerprint": "medai.preprocess.fingerprint",
+    "compute_fingerprint": "medai.preprocess.fingerprint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The dataset side's names, imported when first asked for (PEP 562)."""
+    module = _DATASET_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medai.preprocess' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from medai.fsutil import atomic_path
 from medai.image import LabelMap, ScalarImage
-from medai.preprocess.cases import SegCase
 from medai.preprocess.plan import PreprocessPlan
 from medai.preprocess.steps import (
     BBox,
@@ -33,6 +32,9 @@ from medai.preprocess.steps import (
     resample_to_spacing,
     zscore_in_mask,
 )
+
+if TYPE_CHECKING:
+    from medai.preprocess.cases import SegCase
 
 __all__ = [
     "GridRecord",
