@@ -365,7 +365,9 @@ def import_dicom_annotations(folder: str | Path, *, out_dir: str | Path | None =
             ``labels/``); defaults to ``<folder>_medai`` beside ``folder``.
 
     Raises:
-        DatasetError: If there is no annotation, or one refers to a series not present.
+        DatasetError: If there is no annotation; if one refers to a series not in the
+            folder or has coordinates in another frame of reference than its series;
+            if a DICOM file is truncated or corrupt (each naming the file and the fix).
         GeometryError: If a SEG does not lie on its image series' grid.
     """
     folder = Path(folder).resolve()
