@@ -31,6 +31,7 @@ __all__ = [
     "Normalisation",
     "Plan",
     "PreprocessPlan",
+    "ShiftPlan",
     "TrainPlan",
     "apply_overrides",
     "load_plan",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 SECTIONS: tuple[str, ...] = ("preprocess", "network", "train", "inference")
+#: Sub-sections whose fields are overridden one by one, like a section's.
+SUBSECTIONS: tuple[str, ...] = ("train.shift",)
 
 
 class Architecture(StrEnum):
@@ -109,6 +112,33 @@ class NetworkPlan(_Strict):
         return 2 ** (min(self.depth, 4) - 1 if segresnet else self.depth - 1)
 
 
+class ShiftPlan(_Strict):
+    """Augmentation for scanner, site and protocol shift, and for missing contrasts.
+
+    Each sample draws which steps fire (``p_*``, per sample; ``p_lowres`` and
+    ``p_ringing`` per channel) and their parameters, then applies them
+    (:mod:`medai.training.augment`); ``strength`` scales every amplitude. Only the
+    image changes, only inside the brain (non-zero voxels); label maps never change.
+    """
+
+    enabled: bool = False
+    strength: float = Field(default=1.0, gt=0, le=2, description="scales every amplitude")
+    p_redraw: float = Field(default=0.5, ge=0, le=1, description="per-label intensity redraw")
+    p_gamma: float = Field(default=0.3, ge=0, le=1)
+    p_warp: float = Field(default=0.2, ge=0, le=1, description="histogram warp")
+    p_bias: float = Field(default=0.3, ge=0, le=1)
+    p_lowres: float = Field(default=0.15, ge=0, le=1, description="per channel: thick slices")
+    p_blur: float = Field(default=0.15, ge=0, le=1)
+    p_noise: float = Field(default=0.2, ge=0, le=1, description="Rician noise")
+    p_ringing: float = Field(default=0.05, ge=0, le=1, description="per channel: Gibbs ringing")
+    channel_dropout: float = Field(
+        default=0.0, ge=0, le=1, description="share of samples that lose 1 to C-1 channels"
+    )
+    healthy_classes: int = Field(
+        default=3, ge=1, le=8, description="intensity classes of unlabelled brain for the redraw"
+    )
+
+
 class TrainPlan(_Strict):
     """Optimisation, sampling and budget."""
 
@@ -126,6 +156,7 @@ class TrainPlan(_Strict):
         default=0.67, ge=0, le=1, description="share of tumour-centred patches"
     )
     augment: bool = True
+    shift: ShiftPlan = ShiftPlan()
     amp: bool = True
     val_every: int = Field(default=2, ge=1)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
@@ -273,7 +304,7 @@ def flatten_overrides(mapping: Mapping[str, Any], prefix: str = "") -> dict[str,
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name in SECTIONS:
+        if isinstance(value, dict) and name in SECTIONS + SUBSECTIONS:
             flat.update(flatten_overrides(value, f"{name}."))
         else:
             flat[name] = value

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from medai.preprocess.pipeline import load_preprocessed
 from medai.preprocess.plan import TrainPlan
+from medai.training.augment import SHIFT_STREAM, apply_shift, class_count, draw_shift
 
 __all__ = [
     "CaseArrays",
@@ -124,6 +125,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         self.seed = seed
         self.length = length
         self.transform = _transforms(plan)
+        self.shift = plan.shift
         self.arrays = []
         for case in self.cases:
             image = _pad_to(case.image, plan.patch_size)
@@ -140,9 +142,21 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         self.transform.set_random_state(seed=sample_seed(self.seed, epoch, index))
         out = self.transform({"image": image, "label": regions, "fg": fg, "bg": bg})
         out = out[0] if isinstance(out, list) else out
+        patch = np.asarray(out["image"], dtype=np.float32)
+        label = np.asarray(out["label"])
+        if self.shift.enabled:
+            healthy = self.shift.healthy_classes
+            rng = np.random.default_rng([sample_seed(self.seed, epoch, index), SHIFT_STREAM])
+            draw = draw_shift(
+                rng,
+                self.shift,
+                channels=patch.shape[0],
+                classes=class_count(label.shape[0], healthy),
+            )
+            patch = apply_shift(patch, (label > 0.5).astype(np.uint8), draw, healthy=healthy)
         return {
-            "image": torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32),
-            "label": torch.as_tensor(np.asarray(out["label"]), dtype=torch.float32),
+            "image": torch.as_tensor(patch, dtype=torch.float32),
+            "label": torch.as_tensor(label, dtype=torch.float32),
         }
 
 

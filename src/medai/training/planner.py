@@ -25,12 +25,19 @@ from medai.preprocess.plan import (
     NetworkPlan,
     Plan,
     PreprocessPlan,
+    ShiftPlan,
     TrainPlan,
     apply_overrides,
 )
 from medai.training.networks import build_network, patch_multiple
 
-__all__ = ["CANDIDATES", "available_memory_bytes", "make_plan", "probe_throughput"]
+__all__ = [
+    "CANDIDATES",
+    "available_memory_bytes",
+    "choose_shift",
+    "make_plan",
+    "probe_throughput",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ CANDIDATES: tuple[NetworkPlan, ...] = (
 #: Relative samples/s used when the probe is skipped (measured on a 2-core CPU).
 STATIC_SPEED = {"unet": 1.0, "basicunet": 0.5, "dynunet": 0.8, "segresnet": 1 / 7}
 MIN_SAMPLES_IN_BUDGET = 2000
+#: Samples seen at which shift augmentation runs at full strength (half at the minimum).
+FULL_SHIFT_SAMPLES = 8000
+#: Share of samples that lose channels when the data have several contrasts.
+CHANNEL_DROPOUT = 0.2
 BYTES_PER_VOXEL_FEATURE = 4 * 24  # float32 × (activations kept for backward, norms, grads)
 
 
@@ -139,6 +150,32 @@ def _choose_network(
     return fastest, f"no candidate reaches {MIN_SAMPLES_IN_BUDGET} samples; the fastest"
 
 
+def choose_shift(channels: int, samples: float) -> tuple[ShiftPlan, str]:
+    """Shift augmentation for a run that will see about ``samples`` training samples.
+
+    Redrawn intensities make every sample harder, so a short run gets a milder
+    version: full strength from :data:`FULL_SHIFT_SAMPLES`, half at
+    :data:`MIN_SAMPLES_IN_BUDGET` or fewer, linear between. Channel dropout (which lets
+    the model predict with contrasts missing) only when there are several channels.
+    """
+    span = FULL_SHIFT_SAMPLES - MIN_SAMPLES_IN_BUDGET
+    strength = 0.5 + 0.5 * float(np.clip((samples - MIN_SAMPLES_IN_BUDGET) / span, 0.0, 1.0))
+    dropout = CHANNEL_DROPOUT if channels > 1 else 0.0
+    shift = ShiftPlan(enabled=True, strength=round(strength, 2), channel_dropout=dropout)
+    reason = (
+        f"~{samples:.0f} training samples expected: shift augmentation at strength "
+        f"{shift.strength:g} (1 from {FULL_SHIFT_SAMPLES} samples, 0.5 at "
+        f"{MIN_SAMPLES_IN_BUDGET} or fewer: redrawn contrasts slow learning); "
+        + (
+            f"{channels} channels: {dropout:.0%} of samples lose 1 to {channels - 1} of them, "
+            "so a declared missing contrast can be predicted without"
+            if channels > 1
+            else "one channel: no channel dropout"
+        )
+    )
+    return shift, reason
+
+
 def _summary(fp: Fingerprint) -> dict[str, Any]:
     return {
         "n_cases": fp.n_cases,
@@ -216,6 +253,14 @@ def make_plan(
     net = next(c for c in CANDIDATES if c.architecture == arch)
     sps = speeds[arch]
     plan = _assemble(cohort, net, patches[arch], batch, spacing, epochs, time_budget_s, sps, dev)
+    tp = plan.train
+    samples = (
+        tp.epochs * tp.steps_per_epoch * tp.batch_size
+        if tp.epochs
+        else 0.8 * (time_budget_s or 600.0) * sps
+    )
+    shift, shift_reason = choose_shift(len(plan.channels), samples)
+    plan.train.shift = shift
     plan.notes.update(
         fingerprint=_summary(fp),
         device=str(dev),
@@ -224,6 +269,7 @@ def make_plan(
         relative_speed=None if probe else dict(STATIC_SPEED),
         probed=probe,
         network_reason=reason,
+        shift_reason=shift_reason,
     )
     return apply_overrides(plan, overrides)
 
