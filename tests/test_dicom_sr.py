@@ -191,7 +191,7 @@ def test_sr_refusals(synth, tmp_path) -> None:
         )
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"not a DICOM file")
-    with pytest.raises(ImageReadError, match="broken.dcm: not a readable DICOM file"):
+    with pytest.raises(ImageReadError, match=r"broken\.dcm: not a readable DICOM file"):
         write_sr(volumes, folder, seg=broken, algorithm=ALGO, out_path=tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
     assert region_volumes_ml(other_label, {"core": [2]})["core"] > 0

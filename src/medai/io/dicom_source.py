@@ -207,4 +207,3 @@ def _check_one_series(datasets: Sequence[Dataset]) -> None:
         )
     if len({str(ds.SOPInstanceUID) for ds in datasets}) != len(datasets):
         raise ImageWriteError("source lists an instance twice (repeated SOPInstanceUID)")
-
