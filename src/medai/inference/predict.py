@@ -7,7 +7,7 @@ shared with the ONNX Runtime path of :mod:`medai.runtime`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from medai.errors import DatasetError, PlanError, validation_summary
 from medai.image import ScalarImage
 from medai.inference.sliding import predict_probabilities
 from medai.inference.study import Prediction, read_study, segment_image, write_prediction
+from medai.preprocess.contrasts import resolve_missing
 from medai.preprocess.plan import Plan
 
 __all__ = [
@@ -78,6 +79,7 @@ def predict_case(
     *,
     tta: bool | None = None,
     keep_probabilities: bool = False,
+    missing: Sequence[str] = (),
 ) -> Prediction:
     """Segment one case and return the result on the input image's grid.
 
@@ -86,10 +88,13 @@ def predict_case(
         image: A multi-channel ScalarImage, a NIfTI file or a DICOM study folder.
         tta: Flip test-time augmentation; default from the plan.
         keep_probabilities: Also return region probabilities (input grid).
+        missing: Contrasts the study lacks; the prediction says which it used.
     """
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     plan = loaded.plan
-    img = image if isinstance(image, ScalarImage) else read_study(image, plan.channels)
+    gone = resolve_missing(plan.channels, missing)
+    present = [c for c in plan.channels if c not in gone]
+    img = image if isinstance(image, ScalarImage) else read_study(image, present)
     flips = plan.inference.tta_flips if tta is None else tta
 
     def probabilities(array: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -103,7 +108,9 @@ def predict_case(
             amp=plan.train.amp,
         )
 
-    return segment_image(img, plan, probabilities, keep_probabilities=keep_probabilities)
+    return segment_image(
+        img, plan, probabilities, keep_probabilities=keep_probabilities, missing=gone
+    )
 
 
 def evaluate_cases(

@@ -9,7 +9,7 @@ the preprocessed array, so PyTorch (:func:`medai.inference.predict_case`) and ON
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from medai.errors import DatasetError, ImageReadError
+from medai.errors import ImageReadError
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.inference.postprocess import postprocess_regions, region_volumes_ml, regions_to_labels
+from medai.preprocess.contrasts import complete_contrasts
 from medai.preprocess.pipeline import preprocess_image
 from medai.preprocess.plan import Plan
 from medai.preprocess.steps import resample_to_grid, uncrop
@@ -38,6 +39,8 @@ class Prediction:
     labels: LabelMap
     probabilities: ScalarImage | None
     volumes_ml: dict[str, float]
+    contrasts_used: tuple[str, ...] = ()
+    contrasts_missing: tuple[str, ...] = ()
 
 
 def read_study(path: str | Path, channels: list[str]) -> ScalarImage:
@@ -74,23 +77,23 @@ def segment_image(
     probabilities: ProbabilityFn,
     *,
     keep_probabilities: bool = False,
+    missing: Sequence[str] = (),
 ) -> Prediction:
     """Preprocess ``img`` with ``plan``, predict, and post-process on the input grid.
 
     Args:
-        img: The multi-channel study, channels in ``plan.channels`` order.
+        img: The multi-channel study, channels in ``plan.channels`` order (the
+            declared missing ones may be left out).
         plan: The model's plan (preprocessing, regions, post-processing).
         probabilities: The network with its sliding window and TTA.
         keep_probabilities: Also return region probabilities (input grid).
+        missing: Contrasts the study lacks (:mod:`medai.preprocess.contrasts`).
 
     Raises:
-        DatasetError: If ``img`` does not have the plan's number of channels.
+        DatasetError: If ``img`` does not hold the plan's channels, or a channel is
+            empty but not declared missing.
     """
-    if img.num_channels != len(plan.channels):
-        raise DatasetError(
-            f"image has {img.num_channels} channels; the model needs {len(plan.channels)} "
-            f"({', '.join(plan.channels)}), in that order"
-        )
+    img = complete_contrasts(img, plan, missing=missing)
     pre = preprocess_image(img, plan.preprocess)
     probs = probabilities(pre.image.array.astype(np.float32, copy=False))
     rec = pre.record
@@ -103,7 +106,8 @@ def segment_image(
     labels = LabelMap(regions_to_labels(masks, plan.regions)[None], img.affine, meta=img.meta)
     volumes = region_volumes_ml(labels.array[0], plan.regions, img.spacing)
     kept = on_input.with_array(on_input.array) if keep_probabilities else None
-    return Prediction(labels, kept, volumes)
+    used, gone = img.meta["contrasts_used"], img.meta["contrasts_missing"]
+    return Prediction(labels, kept, volumes, tuple(used), tuple(gone))
 
 
 def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]:
@@ -124,7 +128,11 @@ def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]
     paths: dict[str, Path] = {"labels": write_nifti(prediction.labels, label_path)}
     prefix = "" if stem == "labels" else f"{stem}_"
     volumes = folder / f"{prefix}volumes.json"
-    payload: dict[str, Any] = {"volumes_ml": prediction.volumes_ml}
+    payload: dict[str, Any] = {
+        "volumes_ml": prediction.volumes_ml,
+        "contrasts_used": list(prediction.contrasts_used),
+        "contrasts_missing": list(prediction.contrasts_missing),
+    }
     atomic_write_text(volumes, json.dumps(payload, indent=2) + "\n")
     paths["volumes"] = volumes
     if prediction.probabilities is not None:
