@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pydicom
 import pytest
 import torch
 
@@ -25,9 +26,9 @@ from medai.errors import (
     ParityError,
 )
 from medai.export import check_parity, export_bundle, export_onnx
-from medai.image import ScalarImage
+from medai.image import LabelMap, ScalarImage
 from medai.inference import LoadedRun, predict_case
-from medai.io import read_nifti, write_dicom_series, write_nifti
+from medai.io import find_series, read_nifti, read_seg_masks, write_dicom_series, write_nifti
 from medai.preprocess import preprocess_image
 from medai.runtime import MANIFEST, OnnxNetwork, Segmenter, build_manifest, load_bundle
 
@@ -125,6 +126,22 @@ def test_predict_without_torch_writes_the_torch_label_maps(
             assert mask.sum() >= 20, f"{name}: {region} has {mask.sum()} voxels"
         volumes = json.loads((out / f"{name}_volumes.json").read_text())["volumes_ml"]
         assert list(volumes) == ["WT", "TC", "ET"]
+    _check_dicom_results(out / "dicom", read_nifti(out / "dicom.nii.gz"), tmp_path / "dicom")
+    assert not (out / "ras_seg.dcm").exists()  # a NIfTI study has no DICOM results
+
+
+def _check_dicom_results(prefix: Path, labels: LabelMap, study: Path) -> None:
+    """The SEG reproduces the label map and references the FLAIR series; the SR reads."""
+    seg = pydicom.dcmread(f"{prefix}_seg.dcm")
+    sr = pydicom.dcmread(f"{prefix}_sr.dcm")
+    flair = next(s for s in find_series(study) if s.description == "FLAIR")
+    assert (seg.Modality, sr.Modality) == ("SEG", "SR")
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == flair.study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == flair.uid
+    assert [s.SegmentAlgorithmName for s in seg.SegmentSequence] == ["standin"] * 3
+    masks, _ = read_seg_masks(seg, labels)
+    for region, mask in region_masks(labels.array[0]).items():
+        np.testing.assert_array_equal(masks[region], mask)
 
 
 def _dicom_study(img: ScalarImage, folder: Path, channels: list[str]) -> Path:

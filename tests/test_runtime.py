@@ -122,4 +122,4 @@ def test_runtime_and_numpy_inference_import_without_torch() -> None:
     assert res.returncode == 0, res.stderr
     assert "LEAKED []" in res.stdout
     assert "BLOCKED" in res.stdout  # the hook works: a torch import would have failed
-    assert "MODULES 4" in res.stdout  # bundle, predict, session, sliding
+    assert "MODULES 5" in res.stdout  # bundle, outputs, predict, session, sliding

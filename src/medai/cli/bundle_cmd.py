@@ -139,11 +139,13 @@ def predict_cmd(
     device: str | None = typer.Option(None, help="cpu, cuda (default: best available)."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads (0: one per core)."),
     dataset: Path | None = typer.Option(None, help="A run's training dataset, if needed."),
+    dicom: bool = typer.Option(True, help="For DICOM studies, also write a SEG and an SR."),
 ) -> None:
     """Segment studies with a bundle (ONNX Runtime, no torch); each label map lands on
-    its study's own grid as OUT/<study>.nii.gz, with OUT/<study>_volumes.json."""
+    its study's own grid as OUT/<study>.nii.gz, with OUT/<study>_volumes.json, and for a
+    DICOM study OUT/<study>_seg.dcm (DICOM SEG) and OUT/<study>_sr.dcm (TID 1500 SR)."""
     from medai.inference.study import write_prediction
-    from medai.runtime import Segmenter
+    from medai.runtime import Segmenter, write_dicom_results
 
     with user_errors():
         chosen = parse_device(device)
@@ -157,8 +159,11 @@ def predict_cmd(
             task = bar.add_task(f"segmenting with {segmenter.loaded.name}", total=len(inputs))
             for path, name in zip(inputs, names, strict=True):
                 bar.update(task, description=f"segmenting {name}")
-                pred = segmenter.predict(path, tta=tta, keep_probabilities=probabilities)
+                study = segmenter.read(path)
+                pred = segmenter.predict(study, tta=tta, keep_probabilities=probabilities)
                 paths = write_prediction(pred, out / f"{name}.nii.gz")
+                if dicom:
+                    paths.update(write_dicom_results(pred, study, segmenter.loaded, out / name))
                 vols = " ".join(f"{k} {v:.2f} mL" for k, v in pred.volumes_ml.items())
                 bar.console.print(f"{name}: {vols} → {paths['labels']}")
                 bar.advance(task)

@@ -45,7 +45,8 @@ class Prediction:
 
 def read_study(path: str | Path, channels: list[str]) -> ScalarImage:
     """Read a multi-channel image: a NIfTI/ITK file, or a DICOM folder with one
-    series per channel (matched to ``channels`` by series description, else by order).
+    series per channel (matched to ``channels`` by series description, else by order;
+    ``meta`` names the folder and the first channel's series, whose grid it is).
 
     Raises:
         ImageReadError: If the channels cannot be found or do not share a grid.
@@ -68,7 +69,9 @@ def read_study(path: str | Path, channels: list[str]) -> ScalarImage:
         if not other.same_grid(images[0], atol=1e-3):
             raise ImageReadError(path, "the channel series do not share one voxel grid")
     data = np.concatenate([im.array.astype(np.float32) for im in images])
-    return ScalarImage(data, images[0].affine, meta={"source": str(path)})
+    # the grid's series: DICOM results (SEG, SR) reference it
+    meta = {"source": str(path), "series_uid": chosen[0].uid}
+    return ScalarImage(data, images[0].affine, meta=meta)
 
 
 def segment_image(

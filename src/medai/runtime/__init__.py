@@ -19,6 +19,7 @@ from medai.runtime.bundle import (
     read_bundle_files,
     verify_manifest,
 )
+from medai.runtime.outputs import write_dicom_results
 from medai.runtime.predict import Segmenter, check_input
 from medai.runtime.session import OnnxNetwork, available_providers
 from medai.runtime.sliding import (
@@ -49,4 +50,5 @@ __all__ = [
     "sliding_window_probabilities",
     "verify_manifest",
     "window_starts",
+    "write_dicom_results",
 ]

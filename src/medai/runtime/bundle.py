@@ -153,6 +153,7 @@ class Bundle:
             thresholds, post-processing), from ``plan.json``.
         model: ``model.onnx``, serialised.
         documents: Every other JSON file by name (reference, model card, parity …).
+        digest: SHA-256 of ``manifest.json``: identifies this exact bundle.
     """
 
     source: Path
@@ -160,6 +161,7 @@ class Bundle:
     plan: Plan
     model: bytes
     documents: dict[str, Any]
+    digest: str = ""
 
     @property
     def name(self) -> str:
@@ -213,4 +215,5 @@ def load_bundle(path: str | Path) -> Bundle:
         for name in files
         if name.endswith(".json") and name not in ("bundle.json", "plan.json", MANIFEST)
     }
-    return Bundle(source, info, plan, files["model.onnx"], documents)
+    digest = _sha256(files[MANIFEST])
+    return Bundle(source, info, plan, files["model.onnx"], documents, digest)
