@@ -25,7 +25,13 @@ from medai.errors import (
     ImageReadError,
     ParityError,
 )
-from medai.export import check_parity, export_bundle, export_onnx
+from medai.export import (
+    build_model_card,
+    check_parity,
+    export_bundle,
+    export_onnx,
+    render_model_card,
+)
 from medai.image import LabelMap, ScalarImage
 from medai.inference import LoadedRun, predict_case
 from medai.io import find_series, read_nifti, read_seg_masks, write_dicom_series, write_nifti
@@ -275,3 +281,32 @@ def test_parity_check_refuses_an_onnx_model_of_other_weights() -> None:
         check_parity(run.model, network, run.plan, inputs)
     same = OnnxNetwork(export_onnx(run.model, in_channels=4, window=(32, 32, 32)), device="cpu")
     assert check_parity(run.model, same, run.plan, inputs).max_abs_diff < 1e-4
+
+
+def test_model_card_reports_the_runs_records_and_evaluation_intervals(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "evaluation").mkdir(parents=True)
+    (run / "split.json").write_text(json.dumps({"train": ["a", "b", "c"], "validation": ["d"]}))
+    (run / "validation.json").write_text(json.dumps({"best_epoch": 7, "best_dice": {"WT": 0.91}}))
+    ci = {"estimate": 0.873, "low": 0.81, "high": 0.92, "confidence": 0.95, "method": "bca",
+          "n_patients": 12}  # fmt: skip
+    aggregate = {"WT/dice": ci, "WT/abs_volume_error_mm3": ci}
+    test = {"n_cases": 12, "n_patients": 12, "aggregate": aggregate}
+    metrics = {"created": "2026-12-01T00:00:00+00:00", "subgroups": None, "splits": {"test": test}}
+    (run / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    parity = {"cases": 2, "max_abs_diff": 3e-6, "min_dice": {"WT": 1.0}}
+    card = build_model_card(standin_plan(), name="glioma", version="2", run_dir=run,
+                            parity=parity, reference_cases=3)  # fmt: skip
+    assert card["training_data"]["training_cases"] == 3
+    assert card["validation"]["best_dice"] == {"WT": 0.91}
+    assert set(card["evaluation"]["splits"]["test"]["metrics"]) == {"WT/dice"}
+    text = render_model_card(card)
+    assert "- WT/dice: 0.873 (95 % CI 0.810–0.920, 12 patients)" in text
+    assert "Best epoch 7: Dice WT 0.910" in text
+    assert "3 training, 1 validation" in text
+    bare_card = build_model_card(
+        standin_plan(), name="x", version="1", run_dir=None, parity=parity, reference_cases=0
+    )
+    bare = render_model_card(bare_card)
+    assert "has not been evaluated" in bare
+    assert "No validation record." in bare
