@@ -123,3 +123,19 @@ def test_runtime_and_numpy_inference_import_without_torch() -> None:
     assert "LEAKED []" in res.stdout
     assert "BLOCKED" in res.stdout  # the hook works: a torch import would have failed
     assert "MODULES 5" in res.stdout  # bundle, outputs, predict, session, sliding
+
+
+def test_runtime_import_leaves_the_dataset_side_unloaded() -> None:
+    # a predict process should not pay for pandas / matplotlib (medai.data) at start-up
+    res = run_without_torch(
+        """
+        import sys
+        import medai.runtime
+        print("HEAVY", sorted({m.split(".")[0] for m in sys.modules} & {"pandas", "matplotlib"}))
+        from medai.preprocess import as_cohort  # still importable, on first use
+        print("LATER", "pandas" in sys.modules)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
+    assert "LATER True" in res.stdout
