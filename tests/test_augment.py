@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from _seg_cohort import make_msd
 from medai.preprocess.plan import Plan, ShiftPlan, apply_overrides, parse_overrides
 from medai.training.augment import (
     ShiftDraw,
@@ -15,7 +16,7 @@ from medai.training.augment import (
     intensity_classes,
 )
 from medai.training.data import CaseArrays, PatchDataset
-from medai.training.planner import choose_shift
+from medai.training.planner import choose_shift, make_plan
 
 OFF = {
     "p_redraw": 0.0,
@@ -198,3 +199,16 @@ def test_patch_dataset_applies_the_plan_and_keeps_labels(patch) -> None:
         np.testing.assert_array_equal(a["image"][kept].numpy(), b["image"][kept].numpy())
         again = shift_ds[(0, i)]
         np.testing.assert_array_equal(again["image"].numpy(), b["image"].numpy())
+
+
+def test_make_plan_turns_shift_on_and_records_why(tmp_path) -> None:
+    root = make_msd(tmp_path / "msd", cases=3)
+    plan = make_plan(root, time_budget_s=60, probe=False)
+    shift = plan.train.shift
+    assert shift.enabled
+    assert shift.channel_dropout == pytest.approx(0.2)
+    # 60 s at the static 4 samples/s: 192 samples, far below 2000, so half strength.
+    assert shift.strength == 0.5
+    assert "strength 0.5" in plan.notes["shift_reason"]
+    off = make_plan(root, time_budget_s=60, probe=False, overrides=["train.shift.enabled=false"])
+    assert not off.train.shift.enabled
