@@ -22,7 +22,7 @@ from medai.fsutil import atomic_write_text
 from medai.image import LabelMap, ScalarImage
 from medai.inference.postprocess import postprocess_regions, region_volumes_ml, regions_to_labels
 from medai.preprocess.contrasts import complete_contrasts
-from medai.preprocess.pipeline import preprocess_image
+from medai.preprocess.pipeline import GridRecord, preprocess_image
 from medai.preprocess.plan import Plan
 from medai.preprocess.steps import resample_to_grid, uncrop
 
@@ -99,10 +99,7 @@ def segment_image(
     img = complete_contrasts(img, plan, missing=missing)
     pre = preprocess_image(img, plan.preprocess)
     probs = probabilities(pre.image.array.astype(np.float32, copy=False))
-    rec = pre.record
-    cropped = ScalarImage(probs, pre.image.affine)
-    full = uncrop(cropped, rec.bbox, rec.resampled_shape, rec.resampled_affine)
-    on_input = resample_to_grid(full, rec.input_shape, rec.input_affine, order=1)
+    on_input = _back_to_input(ScalarImage(probs, pre.image.affine), pre.record)
     masks = postprocess_regions(
         on_input.array, plan.regions, spacing=img.spacing, plan=plan.inference
     )
@@ -111,6 +108,43 @@ def segment_image(
     kept = on_input.with_array(on_input.array) if keep_probabilities else None
     used, gone = img.meta["contrasts_used"], img.meta["contrasts_missing"]
     return Prediction(labels, kept, volumes, tuple(used), tuple(gone))
+
+
+def _input_box(rec: GridRecord) -> list[tuple[int, int]] | None:
+    """The input-grid box outside which linear interpolation of the uncropped
+    probabilities reads only the zeros around the crop (``None``: no overlap)."""
+    lo_hi = np.array([(lo - 1, hi) for lo, hi in rec.bbox], dtype=np.float64)
+    corners = np.array(np.meshgrid(*lo_hi, indexing="ij")).reshape(3, -1)
+    to_input = np.linalg.inv(rec.input_affine) @ rec.resampled_affine
+    ijk = to_input[:3, :3] @ corners + to_input[:3, 3:4]
+    box = []
+    for axis, size in enumerate(rec.input_shape):
+        lo = max(int(np.floor(ijk[axis].min())) - 1, 0)
+        hi = min(int(np.ceil(ijk[axis].max())) + 2, size)
+        if lo >= hi:
+            return None
+        box.append((lo, hi))
+    return box
+
+
+def _back_to_input(cropped: ScalarImage, rec: GridRecord) -> ScalarImage:
+    """Cropped network-grid probabilities → the input grid (linear interpolation).
+
+    Only the input voxels whose interpolation can reach the crop are resampled; the
+    others read zeros only, so they are set to 0 directly (the same values, a fraction
+    of the time on a large study).
+    """
+    full = uncrop(cropped, rec.bbox, rec.resampled_shape, rec.resampled_affine)
+    out = np.zeros((cropped.num_channels, *rec.input_shape), dtype=np.float32)
+    box = _input_box(rec)
+    if box is not None:
+        start = np.array([lo for lo, _ in box] + [1.0])
+        affine = rec.input_affine.copy()
+        affine[:3, 3] = (rec.input_affine @ start)[:3]
+        shape = (box[0][1] - box[0][0], box[1][1] - box[1][0], box[2][1] - box[2][0])
+        part = resample_to_grid(full, shape, affine, order=1)
+        out[:, box[0][0] : box[0][1], box[1][0] : box[1][1], box[2][0] : box[2][1]] = part.array
+    return ScalarImage(out, rec.input_affine)
 
 
 def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]:
