@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
 from _seg_cohort import make_msd
+from medai.cli.demo import deploy_step
 from medai.cli.main import app
 from medai.inference import predict_case
 from medai.io import read_nifti
@@ -82,6 +84,13 @@ def test_plan_preprocess_train_predict_cli(tmp_path: Path) -> None:
     onnx_labels = Segmenter(loaded).predict(image).labels.array
     assert np.mean(onnx_labels == torch_labels) > 0.999
     assert np.count_nonzero(onnx_labels) > 0
+    # the demo's last step: bundle → one study as DICOM series → labels, SEG and SR
+    paths = deploy_step(run, msd, tmp_path / "deploy")
+    assert set(paths) == {"labels", "volumes", "seg", "sr"}
+    deployed = read_nifti(paths["labels"])
+    assert np.count_nonzero(deployed.array) > 0
+    assert pydicom.dcmread(paths["seg"]).Modality == "SEG"
+    assert pydicom.dcmread(paths["sr"]).Modality == "SR"
 
 
 def test_cli_reports_bad_override_cleanly(tmp_path: Path) -> None:

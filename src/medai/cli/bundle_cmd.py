@@ -23,7 +23,7 @@ from medai.errors import ConfigError
 if TYPE_CHECKING:
     from medai.export import ExportResult
 
-__all__ = ["export_cmd", "output_names", "predict_cmd"]
+__all__ = ["export_cmd", "export_with_progress", "output_names", "predict_cmd"]
 
 _STAGES = {
     "onnx": "exporting to ONNX",
@@ -34,7 +34,7 @@ _STAGES = {
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
-def _export(
+def export_with_progress(
     run: Path,
     out: Path,
     *,
@@ -45,6 +45,7 @@ def _export(
     version: str = "1",
     reference_cases: int = 50,
 ) -> ExportResult:
+    """:func:`medai.export.export_run` with a progress bar naming each stage."""
     from medai.export import export_run
 
     with progress() as bar:
@@ -79,7 +80,7 @@ def export_cmd(
     """Export a run as a bundle: ONNX model checked against PyTorch, plan, model card,
     reference volumes, manifest with checksums."""
     with user_errors():
-        result = _export(
+        result = export_with_progress(
             run,
             out,
             dataset=dataset,
@@ -126,7 +127,7 @@ def _bundle_path(model: Path, dataset: Path | None) -> Iterator[Path]:
     )
     with tempfile.TemporaryDirectory(prefix="medai-bundle-") as tmp:
         bundle = Path(tmp) / model.name
-        _export(model, bundle, dataset=dataset, reference_cases=0)
+        export_with_progress(model, bundle, dataset=dataset, reference_cases=0)
         yield bundle
 
 

@@ -2,9 +2,10 @@
 
 Real DICOM files (the ``pydicom-data`` package) are read, one series is converted and a
 copy de-identified; then a synthetic glioma cohort is generated, checked and split, a
-segmentation model is trained and tested, the run is evaluated into a report, and
-radiomics from the predicted tumour masks feed a survival model. Each step says what it
-did; the outputs stay in the demo folder for a look.
+segmentation model is trained and tested, the run is evaluated into a report,
+radiomics from the predicted tumour masks feed a survival model, and the model is
+exported as a bundle that segments one test study, as DICOM, into a SEG and an SR.
+Each step says what it did; the outputs stay in the demo folder for a look.
 """
 
 from __future__ import annotations
@@ -221,6 +222,50 @@ def _radiomics_step(run: Path, manifest: Path) -> None:
     console.print(f"report with the survival section → {run / 'evaluation' / 'report.html'}")
 
 
+def deploy_step(run: Path, dataset: Path, out: Path) -> dict[str, Path]:
+    """Export the run as a bundle, write one test study as DICOM (a series per
+    channel), and segment it with the bundle: label map, volumes, DICOM SEG and SR."""
+    from medai.cli.bundle_cmd import export_with_progress
+    from medai.inference.study import write_prediction
+    from medai.io import write_dicom_series
+    from medai.preprocess import as_cohort
+    from medai.runtime import Segmenter, write_dicom_results
+
+    bundle = export_with_progress(
+        run, out / "bundle.zip", dataset=dataset, as_zip=True, overwrite=True
+    )
+    console.print(f"bundle → {bundle.path} (ONNX vs PyTorch: max |Δp| "
+                  f"{bundle.parity.max_abs_diff:.1e})")  # fmt: skip
+    segmenter = Segmenter(bundle.path)
+    cohort = as_cohort(dataset)
+    case = cohort.subset([(cohort.test_ids or cohort.ids())[0]])[0]
+    image = case.load_image()
+    study = out / "dicom_study" / case.case_id
+    for c, channel in enumerate(segmenter.loaded.channels):
+        write_dicom_series(image.channel(c), study / channel, patient_id=case.case_id,
+                           patient_name=f"Demo^{case.case_id}", series_number=c + 1,
+                           study_uid=_demo_uid(case.case_id), series_description=channel,
+                           overwrite=True)  # fmt: skip
+    read = segmenter.read(study)
+    pred = segmenter.predict(read)
+    name = out / "predicted" / case.case_id
+    paths = write_prediction(pred, name.with_name(f"{case.case_id}.nii.gz"))
+    paths.update(write_dicom_results(pred, read, segmenter.loaded, name))
+    volumes = " ".join(f"{k} {v:.1f} mL" for k, v in pred.volumes_ml.items())
+    console.print(f"{case.case_id} (DICOM, {len(segmenter.loaded.channels)} series): {volumes}")
+    for kind, path in paths.items():
+        console.print(f"  {kind}: {path}")
+    return paths
+
+
+def _demo_uid(case_id: str) -> str:
+    """A StudyInstanceUID fixed by the case, so re-runs replace their outputs."""
+    import hashlib
+
+    digits = int(hashlib.sha256(case_id.encode()).hexdigest()[:24], 16)
+    return f"2.25.{digits}"
+
+
 def demo(
     out: Path = typer.Argument(Path("demo_out"), help="Folder for everything the demo writes."),
     cases: int = typer.Option(120, help="Synthetic cohort size."),
@@ -246,4 +291,6 @@ def demo(
             _evaluate_step(run, manifest)
         with _step("5 · Radiomics on predicted tumour masks → survival model"):
             _radiomics_step(run, manifest)
+        with _step("6 · Deploy: export a bundle, segment a DICOM study without torch"):
+            deploy_step(run, manifest, out / "deploy")
     console.rule(f"[bold green]demo done in {(time.perf_counter() - start) / 60:.1f} min")
