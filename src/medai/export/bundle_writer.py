@@ -190,7 +190,7 @@ def export_bundle(
     for i, (case_id, study) in enumerate(reference_cases):
         tell("reference", i, len(reference_cases))
         image = study if isinstance(study, ScalarImage) else study()
-        volumes.append(segmenter.predict(image, tta=False).volumes_ml)
+        volumes.append(segmenter.predict(image).volumes_ml)  # as the bundle will predict
         ids.append(case_id)
     card = build_model_card(
         plan,
