@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from medai.data.synth import Appearance, SiteRanges, generate_case, generate_cohort, make_sites
 from medai.data.synth.appearance import CaseLook, carve_inclusions, draw_look
-from medai.data.synth.contrast import TISSUE_CLASSES, Site
+from medai.data.synth.contrast import TISSUE_CLASSES, Site, _partial_volume
 from medai.data.synth.tumour import Grade, TumourMasks, TumourParams, grow_tumour
 
 SPACING = 4.0
@@ -171,3 +171,24 @@ def test_out_of_range_cohort_records_its_ranges(tmp_path) -> None:
         1.5,
         3.0,
     ]
+
+
+def test_wide_margins_never_stack_tumour_above_the_brain_fraction() -> None:
+    tissue = np.zeros((3, 24, 24, 24), np.float32)
+    tissue[2] = 1.0  # all white matter
+    tumour = np.zeros((4, 24, 24, 24), np.float32)
+    tumour[0, 4:20, 4:20, 4:20] = 1.0  # oedema shell
+    tumour[3, 8:16, 8:16, 8:16] = 1.0  # enhancing rim
+    tumour[2, 10:14, 10:14, 10:14] = 1.0  # necrosis inside it
+    tumour[3, 10:14, 10:14, 10:14] = 0.0
+    tumour[0, 8:16, 8:16, 8:16] = 0.0
+    for margin in (0.5, 3.0):
+        classes = _partial_volume(tissue, tumour, 1.0, margin)
+        assert classes.sum(axis=0).max() <= 1.0 + 1e-5
+    wide = _partial_volume(tissue, tumour, 1.0, 3.0)
+    narrow = _partial_volume(tissue, tumour, 1.0, 0.5)
+    # The sharp classes keep their place; the blurred oedema fades outwards instead.
+    np.testing.assert_allclose(wide[5:7], narrow[5:7], atol=1e-6)
+    assert wide[5:7, 9:15, 12, 12].sum(axis=0).min() > 0.97
+    assert 0.05 < wide[3, 21, 12, 12] < 0.6
+    assert narrow[3, 21, 12, 12] < 0.01

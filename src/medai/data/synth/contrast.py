@@ -250,10 +250,17 @@ def _partial_volume(tissue: F32, tumour: F32, spacing: float, margin_mm: float) 
             width = margin_mm if k in (0, 1) else SHARP_MARGIN_MM
             soft[box][k] = ndimage.gaussian_filter(mask, sigma=width / spacing, truncate=3.0)
     soft = np.clip(soft, 0.0, 1.0)
-    load = np.clip(soft.sum(axis=0), 0.0, 1.0)
     brain = np.clip(tissue.sum(axis=0), 1e-6, None)
-    # Tumour replaces tissue but stays within the brain's fraction.
-    soft *= np.minimum(1.0, brain / np.maximum(load, 1e-6))[None]
+    # Tumour replaces tissue but stays within the brain's fraction. With wider margins
+    # the sharp classes keep their place and the blurred ones fill only the room left
+    # (else a blurred oedema would stack on top of the enhancing rim).
+    sharp = soft[2:] if margin_mm > SHARP_MARGIN_MM else soft
+    load = np.clip(sharp.sum(axis=0), 0.0, 1.0)
+    sharp *= np.minimum(1.0, brain / np.maximum(load, 1e-6))[None]
+    if margin_mm > SHARP_MARGIN_MM:
+        room = np.clip(brain - sharp.sum(axis=0), 0.0, None)
+        blurred = soft[:2]
+        blurred *= np.minimum(1.0, room / np.maximum(blurred.sum(axis=0), 1e-6))[None]
     healthy = tissue * np.clip(1.0 - soft.sum(axis=0) / brain, 0.0, 1.0)[None]
     return np.concatenate([healthy, soft]).astype(np.float32)
 
