@@ -21,6 +21,7 @@ from medai.cli.bundle_cmd import output_names
 from medai.errors import (
     BundleInputError,
     BundleIntegrityError,
+    DatasetError,
     ExportError,
     ImageReadError,
     ParityError,
@@ -310,3 +311,25 @@ def test_model_card_reports_the_runs_records_and_evaluation_intervals(tmp_path: 
     bare = render_model_card(bare_card)
     assert "has not been evaluated" in bare
     assert "No validation record." in bare
+
+
+def test_declared_missing_contrast_runs_as_in_the_torch_path(
+    windowed: tuple[Path, LoadedRun], tmp_path: Path
+) -> None:
+    plan = standin_plan(["train.shift.enabled=true", "train.shift.channel_dropout=0.2"])
+    run = LoadedRun(plan, NeighbourRule(list(plan.regions)).eval(), torch.device("cpu"))
+    path = tmp_path / "dropout"
+    export_bundle(run, path, parity_cases=[_study()])
+    img = _study()
+    without_t2 = ScalarImage(img.array[:3], img.affine)  # FLAIR, T1w, t1gd
+    got = Segmenter(path).predict(without_t2, missing=["T2"])  # a synonym of T2w
+    want = predict_case(run, without_t2, missing=["T2w"])
+    np.testing.assert_array_equal(got.labels.array, want.labels.array)
+    assert got.contrasts_missing == ("T2w",)
+    assert np.count_nonzero(got.labels.array) > 0
+    # without the declaration the study is refused, naming the counts
+    with pytest.raises(BundleInputError, match=r"needs 4 channels .*the study has 3"):
+        Segmenter(path).predict(without_t2)
+    # a bundle trained without channel dropout refuses the declaration
+    with pytest.raises(DatasetError, match="trained without channel dropout"):
+        Segmenter(windowed[0]).predict(without_t2, missing=["T2w"])

@@ -141,6 +141,9 @@ def predict_cmd(
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads (0: one per core)."),
     dataset: Path | None = typer.Option(None, help="A run's training dataset, if needed."),
     dicom: bool = typer.Option(True, help="For DICOM studies, also write a SEG and an SR."),
+    missing: list[str] | None = typer.Option(
+        None, help="A contrast every study lacks (repeat for more; needs channel dropout)."
+    ),
 ) -> None:
     """Segment studies with a bundle (ONNX Runtime, no torch); each label map lands on
     its study's own grid as OUT/<study>.nii.gz, with OUT/<study>_volumes.json, and for a
@@ -160,8 +163,10 @@ def predict_cmd(
             task = bar.add_task(f"segmenting with {segmenter.loaded.name}", total=len(inputs))
             for path, name in zip(inputs, names, strict=True):
                 bar.update(task, description=f"segmenting {name}")
-                study = segmenter.read(path)
-                pred = segmenter.predict(study, tta=tta, keep_probabilities=probabilities)
+                study = segmenter.read(path, missing=missing or ())
+                pred = segmenter.predict(
+                    study, tta=tta, keep_probabilities=probabilities, missing=missing or ()
+                )
                 paths = write_prediction(pred, out / f"{name}.nii.gz")
                 if dicom:
                     paths.update(write_dicom_results(pred, study, segmenter.loaded, out / name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from numpy.typing import NDArray
 from medai.errors import BundleInputError
 from medai.image import ScalarImage
 from medai.inference.study import Prediction, read_study, segment_image
+from medai.preprocess.contrasts import resolve_missing
 from medai.runtime.bundle import Bundle, load_bundle
 from medai.runtime.session import OnnxNetwork
 from medai.runtime.sliding import sliding_window_probabilities
@@ -19,18 +21,26 @@ from medai.runtime.sliding import sliding_window_probabilities
 __all__ = ["Segmenter", "check_input"]
 
 
-def check_input(bundle: Bundle, image: ScalarImage) -> None:
+def check_input(bundle: Bundle, image: ScalarImage, missing: Sequence[str] = ()) -> None:
     """Refuse a study the bundle was not made for.
 
+    Args:
+        bundle: The bundle.
+        image: The study: every channel of the bundle, or only the present ones when
+            ``missing`` (plan names, as :func:`resolve_missing` gives) is declared.
+        missing: Contrasts declared missing.
+
     Raises:
-        BundleInputError: If the channel count differs from the bundle's channels, or
-            the image is a single slice (or line) for this 3D model.
+        BundleInputError: If the channel count fits neither all the bundle's channels nor
+            the present ones, or the image is a single slice (or line) for this 3D model.
     """
     need = bundle.channels
-    if image.num_channels != len(need):
+    present = [c for c in need if c not in missing]
+    if image.num_channels not in (len(need), len(present)):
+        declared = f"; without {', '.join(missing)}: {len(present)}" if missing else ""
         raise BundleInputError(
-            f"{bundle.name} needs {len(need)} channels ({', '.join(need)}, in that order); "
-            f"the study has {image.num_channels}"
+            f"{bundle.name} needs {len(need)} channels ({', '.join(need)}, in that order"
+            f"{declared}); the study has {image.num_channels}"
         )
     thin = [axis for axis, n in enumerate(image.shape) if n < 2]
     if thin:
@@ -81,9 +91,11 @@ class Segmenter:
             batch_size=self.batch_size,
         )
 
-    def read(self, path: str | Path) -> ScalarImage:
-        """Read a study (NIfTI/ITK file or DICOM folder) with the bundle's channels."""
-        return read_study(path, self.loaded.channels)
+    def read(self, path: str | Path, *, missing: Sequence[str] = ()) -> ScalarImage:
+        """Read a study (NIfTI/ITK file or DICOM folder) with the bundle's channels (the
+        present ones when contrasts are declared ``missing``)."""
+        gone = resolve_missing(self.loaded.channels, missing)
+        return read_study(path, [c for c in self.loaded.channels if c not in gone])
 
     def predict(
         self,
@@ -91,18 +103,32 @@ class Segmenter:
         *,
         tta: bool | None = None,
         keep_probabilities: bool = False,
+        missing: Sequence[str] = (),
     ) -> Prediction:
         """Segment one study; the label map lands on the input grid.
 
+        Args:
+            image: The study, or the path of a NIfTI file or DICOM folder.
+            tta: Flip TTA; default from the bundle.
+            keep_probabilities: Also return region probabilities (input grid).
+            missing: Contrasts the study lacks (the model must have been trained with
+                channel dropout; :mod:`medai.preprocess.contrasts`).
+
         Raises:
             BundleInputError: If the study does not fit the bundle (see :func:`check_input`).
+            DatasetError: If a declaration is unknown, or the model cannot do without it.
         """
-        img = image if isinstance(image, ScalarImage) else self.read(image)
-        check_input(self.loaded, img)
+        gone = resolve_missing(self.loaded.channels, missing)
+        img = image if isinstance(image, ScalarImage) else self.read(image, missing=gone)
+        check_input(self.loaded, img, gone)
 
         def probabilities(array: NDArray[np.float32]) -> NDArray[np.float32]:
             return self.probabilities(array, tta=tta)
 
         return segment_image(
-            img, self.loaded.plan, probabilities, keep_probabilities=keep_probabilities
+            img,
+            self.loaded.plan,
+            probabilities,
+            keep_probabilities=keep_probabilities,
+            missing=gone,
         )
