@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,14 @@ from medai.image import LabelMap, ScalarImage
 from medai.inference import LoadedRun, predict_case
 from medai.io import find_series, read_nifti, read_seg_masks, write_dicom_series, write_nifti
 from medai.preprocess import preprocess_image
-from medai.runtime import MANIFEST, OnnxNetwork, Segmenter, build_manifest, load_bundle
+from medai.runtime import (
+    MANIFEST,
+    OnnxNetwork,
+    Segmenter,
+    build_manifest,
+    load_bundle,
+    read_bundle_files,
+)
 
 SHAPE = (24, 26, 22)
 RIGHT = np.array([1.0, 0.0, 0.0])
@@ -333,3 +341,13 @@ def test_declared_missing_contrast_runs_as_in_the_torch_path(
     # a bundle trained without channel dropout refuses the declaration
     with pytest.raises(DatasetError, match="trained without channel dropout"):
         Segmenter(windowed[0]).predict(without_t2, missing=["T2w"])
+
+
+def test_a_bundle_larger_than_allowed_is_refused_before_decompressing(tmp_path: Path) -> None:
+    zipped = tmp_path / "big.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.onnx", b"\0" * 3_000_000)  # 3 MB of zeros: a tiny zip
+    assert zipped.stat().st_size < 100_000
+    with pytest.raises(BundleIntegrityError, match="more than the 2 MiB a bundle may"):
+        read_bundle_files(zipped, max_bytes=2 * 2**20)
+    assert set(read_bundle_files(zipped)) == {"model.onnx"}  # the default limit admits it

@@ -26,6 +26,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
     "MANIFEST",
+    "MAX_BUNDLE_BYTES",
     "REQUIRED_FILES",
     "Bundle",
     "build_manifest",
@@ -40,6 +41,8 @@ MANIFEST = "manifest.json"
 REQUIRED_FILES: tuple[str, ...] = ("bundle.json", "plan.json", "model.onnx")
 ALLOWED_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".onnx", ".md", ".txt")
 _FIX = "re-export it with `medai export RUN OUT`"
+#: Largest total size of a bundle's files (a zip's are checked before decompressing).
+MAX_BUNDLE_BYTES = 8 * 2**30
 
 
 def _sha256(data: bytes) -> str:
@@ -59,26 +62,28 @@ def build_manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
     }
 
 
-def read_bundle_files(path: str | Path) -> dict[str, bytes]:
+def read_bundle_files(path: str | Path, *, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:
     """Every file of a bundle folder or ``.zip``, by name (flat: no sub-folders).
 
     Raises:
         BundleError: If ``path`` is neither a folder nor a readable zip archive.
-        BundleIntegrityError: If the bundle holds a sub-folder.
+        BundleIntegrityError: If the bundle holds a sub-folder, or its files add up to
+            more than ``max_bytes`` (checked before a zip member is decompressed).
     """
     path = Path(path)
     if path.is_dir():
-        files: dict[str, bytes] = {}
-        for item in sorted(path.iterdir()):
+        items = sorted(path.iterdir())
+        for item in items:
             if not item.is_file():
                 raise BundleIntegrityError(f"{path}: {item.name!r} is not a file; {_FIX}")
-            files[item.name] = item.read_bytes()
-        return files
+        _check_size(path, sum(item.stat().st_size for item in items), max_bytes)
+        return {item.name: item.read_bytes() for item in items}
     if not path.is_file():
         raise BundleError(f"no bundle at {path}; {_FIX}")
     try:
         with zipfile.ZipFile(path) as archive:
-            files = {}
+            _check_size(path, sum(i.file_size for i in archive.infolist()), max_bytes)
+            files: dict[str, bytes] = {}
             for info in archive.infolist():
                 name = info.filename
                 if info.is_dir() or len(PurePosixPath(name).parts) != 1:
@@ -91,6 +96,14 @@ def read_bundle_files(path: str | Path) -> dict[str, bytes]:
         raise BundleError(
             f"{path} is neither a bundle folder nor a zip archive ({exc}); {_FIX}"
         ) from exc
+
+
+def _check_size(path: Path, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise BundleIntegrityError(
+            f"{path}: its files hold {size / 2**20:.0f} MiB, more than the "
+            f"{max_bytes / 2**20:.0f} MiB a bundle may; it is not a medai bundle"
+        )
 
 
 def verify_manifest(files: Mapping[str, bytes], source: str | Path) -> dict[str, Any]:
