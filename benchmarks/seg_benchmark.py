@@ -16,13 +16,15 @@ and finished ones are skipped on restart.
 Each (arm, seed) holds ``/tmp/medai_bench.lock`` while it trains and while it is scored.
 Scoring is not timed, so it can run beside training on the other core: start one process
 with ``--phase train`` on the benchmark core and one with ``--phase score`` (no lock) on
-the other; the scorer waits for each trained run in turn.
+the other; the scorer waits for each trained run in turn. Several scorers can share the
+work (each claims a run before scoring it; ``claimed/`` holds the claims).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -67,6 +69,16 @@ def train_one(
     return seg_arms_monai.train_monai(
         arm, root, split, val, seed=seed, budget_s=budget, out=out, snap_every_s=args.snap_every
     )
+
+
+def claim(marker: Path) -> bool:
+    """True for the one scorer process that creates ``marker`` (several may run at once)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def score_one(
@@ -136,7 +148,7 @@ def main() -> None:
             if args.phase == "score":
                 while not (trained_path.is_file() or failed_path.is_file()):
                     time.sleep(10)
-                if failed_path.is_file():
+                if failed_path.is_file() or not claim(args.work / "claimed" / name):
                     continue
                 score_one(arm, name, trained_path, scored_path, args, val, test)
                 continue
