@@ -351,3 +351,21 @@ def test_a_bundle_larger_than_allowed_is_refused_before_decompressing(tmp_path: 
     with pytest.raises(BundleIntegrityError, match="more than the 2 MiB a bundle may"):
         read_bundle_files(zipped, max_bytes=2 * 2**20)
     assert set(read_bundle_files(zipped)) == {"model.onnx"}  # the default limit admits it
+
+
+def test_a_run_without_its_dataset_is_refused_with_the_option_to_pass(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medai.cli.main import app
+    from medai.training.networks import build_network
+
+    plan = standin_plan(["network.depth=3", "network.base_channels=4"])
+    net = build_network(plan.network, in_channels=4, out_channels=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": net.state_dict(), "plan": plan.model_dump(mode="json")}, run / "model.pt")
+    study = write_nifti(_study(), tmp_path / "s.nii.gz")
+    res = CliRunner().invoke(app, ["predict", str(run), str(study), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "the run does not name its dataset" in res.output
+    assert "pass --dataset PATH" in res.output
