@@ -92,8 +92,8 @@ def make_models(folder: Path, plan_path: Path | None, run: Path | None) -> tuple
 
     from medai.export import export_bundle
     from medai.inference import LoadedRun, load_run
+    from medai.networks import build_network
     from medai.preprocess import Plan, load_plan
-    from medai.training.networks import build_network
 
     if run is None:
         plan = (

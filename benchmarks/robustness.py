@@ -37,10 +37,9 @@ import numpy as np
 import pandas as pd
 
 from medai.data.synth import Appearance, SiteRanges, generate_cohort
-from medai.evaluation import paired_bootstrap_mean
+from medai.evaluation import paired_bootstrap_mean, region_dice
 from medai.image import ScalarImage
 from medai.inference import load_run, predict_case
-from medai.inference.postprocess import region_dice
 from medai.preprocess import apply_overrides, as_cohort
 from medai.training import StepInfo, TrainCallback, make_plan, train
 

@@ -20,8 +20,9 @@ import torch
 import medai.training.trainer as trainer_module
 from medai.image import ScalarImage
 from medai.inference import LoadedRun, load_run
+from medai.networks import build_network
 from medai.preprocess import apply_overrides, as_cohort, preprocess_cohort, preprocess_image
-from medai.training import StepInfo, TrainCallback, build_network, make_plan, train
+from medai.training import StepInfo, TrainCallback, make_plan, train
 from seg_common import ScoredNet, Snapshots, Split
 
 

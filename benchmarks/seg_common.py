@@ -22,13 +22,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from medai.evaluation import region_dice
 from medai.image import ScalarImage
-from medai.inference import (
-    postprocess_regions,
-    predict_probabilities,
-    region_dice,
-    remove_small_components,
-)
+from medai.inference import postprocess_regions, predict_probabilities, remove_small_components
 from medai.preprocess import BRATS_REGIONS, InferencePlan, as_cohort, foreground_bbox
 from medai.training import split_train_val
 

@@ -357,7 +357,7 @@ def test_a_run_without_its_dataset_is_refused_with_the_option_to_pass(tmp_path: 
     from typer.testing import CliRunner
 
     from medai.cli.main import app
-    from medai.training.networks import build_network
+    from medai.networks import build_network
 
     plan = standin_plan(["network.depth=3", "network.base_channels=4"])
     net = build_network(plan.network, in_channels=4, out_channels=3)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -19,12 +20,13 @@ from medai.evaluation.checklist import RunFacts, answer_checklist
 from medai.evaluation.run_report import (
     BRATS_EMPTY_DISTANCE_MM,
     EvaluationResult,
-    evaluate_run,
+    evaluate_predictions,
     region_metrics,
 )
 from medai.fsutil import file_sha256
 from medai.image import LabelMap
 from medai.io import read_nifti, write_nifti
+from medai.pipeline import evaluate_run
 from medai.preprocess import Plan, apply_overrides
 from medai.training import train
 
@@ -318,3 +320,35 @@ def test_reuse_predictions_reads_newer_files_only(
     others = again.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
     expected = result.per_case.set_index("case_id").drop(first["case_id"])["WT/dice"]
     np.testing.assert_allclose(others.to_numpy(), expected.loc[others.index].to_numpy())
+
+
+def test_evaluation_scores_prediction_files_without_the_model(
+    result: EvaluationResult, trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``evaluate_predictions`` reads label maps, never the model: a run folder without
+    any ``*.pt`` scores exactly as ``evaluate_run`` did, and a missing prediction is
+    refused with the step that writes it."""
+    from medai.inference import load_run
+
+    run, _ = trained
+    plan = load_run(run, device="cpu").plan
+    bare = tmp_path / "run"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("*.pt", "evaluation"))
+    assert not list(bare.rglob("*.pt"))
+    preds = tmp_path / "predictions"
+    shutil.copytree(result.out_dir / "predictions", preds)
+    again = evaluate_predictions(
+        bare, plan, predictions_dir=preds, out_dir=tmp_path / "out", n_resamples=300,
+        min_subgroup_cases=3,
+    )  # fmt: skip
+    assert again.report_path.is_file()
+    assert again.splits == ["test", "external"]
+    assert len(again.per_case) == 15
+    pd.testing.assert_frame_equal(again.per_case, result.per_case, check_exact=True)
+    for split in ("test", "external"):
+        assert again.aggregates[split]["mean_dice"] == result.aggregates[split]["mean_dice"]
+    gone = result.per_case.iloc[-1]
+    (preds / gone["split"] / f"{gone['case_id']}.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="predict the split first"):
+        evaluate_predictions(bare, plan, predictions_dir=preds, out_dir=tmp_path / "out2",
+                             n_resamples=100)  # fmt: skip

@@ -10,17 +10,17 @@ import pytest
 
 from _seg_cohort import grid_affine, make_msd, world_phantom
 from _standin import dice, expected_labels, region_masks, standin_run
+from medai.evaluation import region_dice
 from medai.image import ScalarImage
 from medai.inference import (
-    evaluate_cases,
     postprocess_regions,
     predict_case,
-    region_dice,
     regions_to_labels,
     remove_small_components,
     write_prediction,
 )
 from medai.io import read_nifti, write_dicom_series
+from medai.pipeline import evaluate_cases
 from medai.preprocess import BRATS_REGIONS, InferencePlan, as_cohort
 
 

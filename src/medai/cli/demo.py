@@ -150,7 +150,7 @@ def _train_step(out: Path, manifest: Path, *, minutes: float, seed: int) -> Path
 
 def _evaluate_step(run: Path, manifest: Path) -> None:
     from medai.cli.eval_cmd import show_evaluation
-    from medai.evaluation import evaluate_run
+    from medai.pipeline import evaluate_run
 
     with progress() as bar:
         task = bar.add_task("predicting and scoring", total=None)
@@ -183,7 +183,7 @@ def _radiomics_step(run: Path, manifest: Path) -> None:
     import pandas as pd
 
     from medai.data import Dataset
-    from medai.evaluation import evaluate_run
+    from medai.pipeline import evaluate_run
     from medai.radiomics import fit_survival, wide_table, write_features_csv
     from medai.radiomics.survival_report import survival_section
 

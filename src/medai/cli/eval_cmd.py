@@ -48,7 +48,7 @@ def evaluate_cmd(
     device: str | None = typer.Option(None, help="cpu, cuda"),
 ) -> None:
     """Evaluate a segmentation run: metrics with CIs, subgroups, external test, report."""
-    from medai.evaluation.run_report import evaluate_run
+    from medai.pipeline import evaluate_run
 
     with user_errors(), progress() as bar:
         chosen, device = parse_eval_split(split), parse_device(device)

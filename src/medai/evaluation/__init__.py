@@ -82,7 +82,11 @@ from medai.evaluation.report import (
     subgroup_table,
     write_report,
 )
-from medai.evaluation.run_report import EvaluationResult, evaluate_run, resolve_run_dataset
+from medai.evaluation.run_report import (
+    EvaluationResult,
+    evaluate_predictions,
+    resolve_run_dataset,
+)
 from medai.evaluation.sections import (
     classification_section,
     segmentation_section,
@@ -98,6 +102,7 @@ from medai.evaluation.segmentation import (
     compute_relative_volume_error,
     compute_segmentation_metrics,
     compute_surface_dice,
+    region_dice,
 )
 from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
 
@@ -161,7 +166,7 @@ __all__ = [
     "delong_ci",
     "delong_components",
     "delong_test",
-    "evaluate_run",
+    "evaluate_predictions",
     "figure_to_png",
     "find_broken_images",
     "find_chromium",
@@ -178,6 +183,7 @@ __all__ = [
     "plot_roc",
     "png_data_uri",
     "predicted_labels",
+    "region_dice",
     "reliability_diagram",
     "render_report",
     "resolve_run_dataset",

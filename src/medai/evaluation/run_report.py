@@ -1,10 +1,12 @@
-"""Evaluate a segmentation training run: predict a split, score it, write the report.
+"""Score a segmentation run's predictions on a split and write the report.
 
-:func:`evaluate_run` predicts every case of a split (and of the dataset's external
-split, which is always reported apart), scores each case and region in millimetres,
+:func:`evaluate_predictions` reads the predicted label maps of every case of a split
+(and of the dataset's external split, which is always reported apart) from
+``predictions/<split>/<case_id>.nii.gz``, scores each case and region in millimetres,
 averages with 95 % bootstrap intervals that resample patients, analyses subgroups by
 clinical column, and writes ``report.html`` and ``metrics.json`` (default
-``RUN/evaluation/``). Predicted label maps are kept in ``predictions/<split>/``.
+``RUN/evaluation/``). It consumes predictions and never loads a model: predicting the
+split first is :func:`medai.pipeline.evaluate_run`'s job (``medai evaluate``).
 
 Empty masks follow the BraTS convention: both empty gives Dice 1 and HD95 0; one empty
 gives Dice 0 and HD95 = ASSD = 373.13 mm (the diagonal of the BraTS volume).
@@ -36,13 +38,17 @@ from medai.evaluation.segmentation import compute_segmentation_metrics
 from medai.evaluation.subgroups import SubgroupAnalysis, age_bands, analyse_subgroups
 from medai.fsutil import atomic_write_text
 from medai.image import LabelMap
+from medai.preprocess.plan import Plan
 
 __all__ = [
     "BRATS_EMPTY_DISTANCE_MM",
     "RUN_POINTER",
     "SEGMENTATION_METRICS",
     "EvaluationResult",
-    "evaluate_run",
+    "check_evaluation_options",
+    "evaluate_predictions",
+    "evaluation_splits",
+    "prediction_path",
     "region_metrics",
     "resolve_run_dataset",
 ]
@@ -66,7 +72,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """What :func:`evaluate_run` computed and wrote.
+    """What :func:`evaluate_predictions` computed and wrote.
 
     Attributes:
         out_dir: Folder holding the report, metrics and predictions.
@@ -115,14 +121,27 @@ def resolve_run_dataset(
     return import_dataset(path), path
 
 
-def _split_cases(dataset: Dataset, split: str) -> list[Case]:
+def evaluation_splits(dataset: Dataset, split: str) -> dict[str, list[Case]]:
+    """The cases evaluated for ``split``: its own, then the external split's (if any).
+
+    Raises:
+        DatasetError: If ``split`` has no case.
+    """
     cases = dataset.split_cases(split)
     if not cases:
         raise DatasetError(
             f"dataset {dataset.name!r} has no case in split {split!r}; split it first "
             "(medai data split) or choose another --split"
         )
-    return cases
+    splits = {split: cases}
+    if split != "external" and dataset.splits.external:
+        splits["external"] = dataset.split_cases("external")
+    return splits
+
+
+def prediction_path(predictions_dir: str | Path, split: str, case_id: str) -> Path:
+    """Where a case's predicted label map lives: ``predictions_dir/<split>/<case_id>.nii.gz``."""
+    return Path(predictions_dir) / split / f"{case_id}.nii.gz"
 
 
 def region_metrics(
@@ -159,15 +178,10 @@ class _Scoring:
     pred_dir: Path
     tolerance_mm: float
     empty_distance: float
-    reuse_after: float | None = None  # reuse predictions written after this time (model's)
 
 
-def _score_case(
-    loaded: Any, dataset: Dataset, case: Case, split: str, scoring: _Scoring
-) -> dict[str, Any]:
-    from medai.image import LabelMap
-    from medai.inference import predict_case
-    from medai.io import read_nifti, write_nifti
+def _score_case(dataset: Dataset, case: Case, split: str, scoring: _Scoring) -> dict[str, Any]:
+    from medai.io import read_nifti
 
     ref = dataset.load_case_label(case)
     if ref is None:
@@ -175,16 +189,13 @@ def _score_case(
             f"case {case.case_id!r} of split {split!r} has no reference label; "
             "evaluation needs one for every case"
         )
-    path = scoring.pred_dir / split / f"{case.case_id}.nii.gz"
-    if (
-        scoring.reuse_after is not None
-        and path.is_file()
-        and path.stat().st_mtime > scoring.reuse_after
-    ):
-        pred = read_nifti(path, kind=LabelMap)
-    else:
-        pred = predict_case(loaded, dataset.load_case_image(case)).labels
-        write_nifti(pred, path)
+    path = prediction_path(scoring.pred_dir, split, case.case_id)
+    if not path.is_file():
+        raise DatasetError(
+            f"no prediction for case {case.case_id!r} of split {split!r} at {path}; "
+            "predict the split first (medai evaluate RUN predicts it, then scores)"
+        )
+    pred = read_nifti(path, kind=LabelMap)
     row: dict[str, Any] = {"case_id": case.case_id, "patient_id": case.patient_id, "split": split}
     row.update({str(k): v for k, v in case.clinical.items()})
     row.update(
@@ -200,7 +211,6 @@ def _score_case(
 
 
 def _score_splits(
-    loaded: Any,
     dataset: Dataset,
     splits: Mapping[str, list[Case]],
     scoring: _Scoring,
@@ -210,7 +220,7 @@ def _score_splits(
     rows, done = [], 0
     for split, cases in splits.items():
         for case in cases:
-            rows.append(_score_case(loaded, dataset, case, split, scoring))
+            rows.append(_score_case(dataset, case, split, scoring))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -325,7 +335,14 @@ def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
     return path
 
 
-def _check_options(split: str, n_resamples: int, tolerance_mm: float, n_worst: int) -> None:
+def check_evaluation_options(
+    split: str, n_resamples: int, tolerance_mm: float, n_worst: int
+) -> None:
+    """Refuse options :func:`evaluate_predictions` cannot honour (before any predicting).
+
+    Raises:
+        ConfigError: If ``split`` is ``train`` or unknown, or a number is out of range.
+    """
     if Split.parse(split) is Split.TRAIN:
         raise ConfigError("split='train' would score the model on its own training cases; "
                           "use 'test', 'validation' or 'external'")  # fmt: skip
@@ -337,12 +354,15 @@ def _check_options(split: str, n_resamples: int, tolerance_mm: float, n_worst: i
         raise ConfigError(f"n_worst must be >= 0; got {n_worst}")
 
 
-def evaluate_run(
+def evaluate_predictions(
     run_dir: str | Path,
+    plan: Plan,
     *,
     split: str = "test",
     out_dir: str | Path | None = None,
+    predictions_dir: str | Path | None = None,
     dataset: Dataset | str | Path | None = None,
+    dataset_path: Path | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
     progress: Progress | None = None,
@@ -352,55 +372,48 @@ def evaluate_run(
     n_worst: int = 3,
     ci_width_target: float = 0.1,
     extra_sections: Sequence[ReportSection] = (),
-    device: str | None = None,
-    reuse_predictions: bool = False,
 ) -> EvaluationResult:
-    """Evaluate a segmentation run on a split and write ``report.html`` + ``metrics.json``.
+    """Score a run's predicted label maps on a split; write ``report.html`` + ``metrics.json``.
 
     Args:
-        run_dir: Training run folder (``model.pt``, ``plan.yaml``, ``kpis.json`` ...).
+        run_dir: Training run folder (its records and ``model.pt`` checksum go in the
+            report; the model is not loaded).
+        plan: The run's final plan (regions, preprocessing, network, as it predicted).
         split: Dataset split to evaluate; the ``external`` split, when the dataset has
             one, is evaluated too and reported in its own section.
         out_dir: Output folder (default ``run_dir/evaluation``).
+        predictions_dir: Folder of ``<split>/<case_id>.nii.gz`` label maps (default
+            ``out_dir/predictions``).
         dataset: Dataset (or manifest / folder path) the run was trained on; default
             from ``run_dir/run.json``.
+        dataset_path: Where a ``dataset`` given as an object was read from (recorded).
         n_resamples: Bootstrap replicates for every interval.
         seed: Bootstrap seed (recorded in ``metrics.json``).
-        progress: Called as ``progress(cases_done, cases_total)`` after each case.
+        progress: Called as ``progress(cases_done, cases_total)`` after each scored case.
         tolerance_mm: Normalised surface Dice tolerance.
         empty_distance: HD95 / ASSD when exactly one mask is empty (BraTS: 373.13 mm).
         min_subgroup_cases: Smaller subgroups get no interval and are never flagged.
         n_worst: Worst cases (by mean Dice) shown with overlays, per split.
         ci_width_target: Interval width of mean Dice counted as a justified set size.
         extra_sections: Further report sections (e.g. radiomics / survival), appended.
-        device: Inference device (default CUDA when available).
-        reuse_predictions: Read a case's prediction from ``predictions/`` when it is
-            newer than the model instead of predicting again (e.g. to re-render the
-            report with ``extra_sections``).
 
     Raises:
         ConfigError: If an option is out of range or ``split`` is unknown or ``train``.
         DatasetError: If the dataset cannot be found, the split is empty, or a case
-            lacks its reference label.
-        FileNotFoundError: If the run has no ``model.pt``.
+            lacks its reference label or its prediction.
     """
     from medai.evaluation.run_sections import RunContext, build_report
-    from medai.inference import load_run
 
-    _check_options(split, n_resamples, tolerance_mm, n_worst)
+    check_evaluation_options(split, n_resamples, tolerance_mm, n_worst)
     run = Path(run_dir)
     data, data_path = resolve_run_dataset(run, dataset)
-    loaded = load_run(run, device=device)
-    splits = {split: _split_cases(data, split)}
-    if split != "external" and data.splits.external:
-        splits["external"] = data.split_cases("external")
+    data_path = data_path or dataset_path
+    splits = evaluation_splits(data, split)
     out = Path(out_dir) if out_dir is not None else run / "evaluation"
-    reuse_after = (run / "model.pt").stat().st_mtime if reuse_predictions else None
-    scoring = _Scoring(
-        dict(loaded.plan.regions), out / "predictions", tolerance_mm, empty_distance, reuse_after
-    )
-    frame = _score_splits(loaded, data, splits, scoring, progress)
-    regions = list(loaded.plan.regions)
+    pred_dir = Path(predictions_dir) if predictions_dir is not None else out / "predictions"
+    scoring = _Scoring(dict(plan.regions), pred_dir, tolerance_mm, empty_distance)
+    frame = _score_splits(data, splits, scoring, progress)
+    regions = list(plan.regions)
     aggregates = {
         name: _aggregate(frame[frame["split"] == name], regions, n_resamples=n_resamples, seed=seed)
         for name in splits
@@ -409,7 +422,7 @@ def evaluate_run(
         frame, min_cases=min_subgroup_cases, n_resamples=min(n_resamples, 1000), seed=seed
     )
     context = RunContext(
-        run_dir=run, plan=loaded.plan, dataset=data, dataset_path=data_path, split=split,
+        run_dir=run, plan=plan, dataset=data, dataset_path=data_path, split=split,
         frame=frame, aggregates=aggregates, subgroups=subgroups, pred_dir=scoring.pred_dir,
         n_worst=n_worst, ci_width_target=ci_width_target, n_resamples=n_resamples,
         tolerance_mm=tolerance_mm,
@@ -417,7 +430,7 @@ def evaluate_run(
     report_path, checklist = build_report(context, out / "report.html", extra_sections)
     settings = {
         "split": split, "dataset": str(data_path) if data_path else data.name,
-        "regions": loaded.plan.regions, "tolerance_mm": tolerance_mm,
+        "regions": plan.regions, "tolerance_mm": tolerance_mm,
         "empty_distance_mm": empty_distance, "n_resamples": n_resamples, "seed": seed,
         "interval": "bca, patients resampled", "min_subgroup_cases": min_subgroup_cases,
     }  # fmt: skip

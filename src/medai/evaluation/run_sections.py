@@ -1,4 +1,4 @@
-"""Report sections for :func:`~medai.evaluation.run_report.evaluate_run`.
+"""Report sections for :func:`~medai.evaluation.run_report.evaluate_predictions`.
 
 Each builder reads one part of the run (its plan, records, dataset, scored cases) and
 returns a :class:`~medai.evaluation.report.ReportSection`; :func:`build_report` puts
@@ -50,7 +50,7 @@ _SITE_COLUMNS = ("site", "vendor")
 
 @dataclass(frozen=True)
 class RunContext:
-    """Everything the sections read (built by ``evaluate_run``)."""
+    """Everything the sections read (built by ``evaluate_predictions``)."""
 
     run_dir: Path
     plan: Plan

@@ -43,6 +43,7 @@ __all__ = [
     "compute_relative_volume_error",
     "compute_segmentation_metrics",
     "compute_surface_dice",
+    "region_dice",
 ]
 
 MaskLike = LabelMap | ArrayLike
@@ -102,6 +103,17 @@ def _overlap(p: NDArray[np.bool_], r: NDArray[np.bool_]) -> tuple[float, float]:
 def compute_dice(pred: MaskLike, ref: MaskLike, *, label: int | None = None) -> float:
     """Dice = 2|P∩R| / (|P| + |R|); 1 when both masks are empty."""
     return _overlap(*_masks(pred, ref, label))[0]
+
+
+def region_dice(pred: NDArray[Any], ref: NDArray[Any]) -> float:
+    """Dice of two binary masks of any rank (1D and up): :func:`compute_dice`, BraTS rule.
+
+    An empty reference scores 1 when the prediction is empty too and 0 otherwise.
+    Training's validation, export's parity check and the benchmarks score with it, so
+    a region's Dice is computed by this module's one implementation everywhere.
+    """
+    p, r = (np.atleast_2d(np.asarray(m, dtype=bool)) for m in (pred, ref))
+    return compute_dice(p, r)
 
 
 def compute_iou(pred: MaskLike, ref: MaskLike, *, label: int | None = None) -> float:

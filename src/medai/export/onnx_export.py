@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from medai.errors import ExportError, ParityError
-from medai.inference.postprocess import region_dice
+from medai.evaluation.segmentation import region_dice
 from medai.inference.sliding import predict_probabilities
 from medai.preprocess.plan import Plan
 from medai.runtime.session import OnnxNetwork

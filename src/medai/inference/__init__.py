@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from medai.inference.postprocess import (
     postprocess_regions,
-    region_dice,
     region_volumes_ml,
     regions_to_labels,
     remove_small_components,
@@ -27,20 +26,18 @@ from medai.inference.study import (
 )
 
 if TYPE_CHECKING:
-    from medai.inference.predict import LoadedRun, evaluate_cases, load_run, predict_case
+    from medai.inference.predict import LoadedRun, load_run, predict_case
     from medai.inference.sliding import predict_probabilities
 
 __all__ = [
     "LoadedRun",
     "Prediction",
     "ProbabilityFn",
-    "evaluate_cases",
     "load_run",
     "postprocess_regions",
     "predict_case",
     "predict_probabilities",
     "read_study",
-    "region_dice",
     "region_volumes_ml",
     "regions_to_labels",
     "remove_small_components",
@@ -51,7 +48,6 @@ __all__ = [
 # the names that need torch, and the module holding each
 _TORCH_PATH = {
     "LoadedRun": "medai.inference.predict",
-    "evaluate_cases": "medai.inference.predict",
     "load_run": "medai.inference.predict",
     "predict_case": "medai.inference.predict",
     "predict_probabilities": "medai.inference.sliding",

@@ -13,7 +13,6 @@ from medai.preprocess.plan import InferencePlan
 
 __all__ = [
     "postprocess_regions",
-    "region_dice",
     "region_volumes_ml",
     "regions_to_labels",
     "remove_small_components",
@@ -97,15 +96,3 @@ def region_volumes_ml(
     """Volume of each region (mL) in a label map."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {name: float(np.isin(labels, ids).sum()) * voxel_ml for name, ids in regions.items()}
-
-
-def region_dice(pred: NDArray[Any], ref: NDArray[Any]) -> float:
-    """Dice of two binary masks with the BraTS convention for an empty reference.
-
-    An empty reference scores 1 when the prediction is empty too and 0 otherwise; this
-    is :func:`medai.evaluation.compute_dice`, which the report uses as well.
-    """
-    from medai.evaluation.segmentation import compute_dice
-
-    p, r = (np.atleast_2d(np.asarray(m, dtype=bool)) for m in (pred, ref))
-    return compute_dice(p, r)

@@ -7,10 +7,9 @@ shared with the ONNX Runtime path of :mod:`medai.runtime`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,17 +17,17 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 from torch import nn
 
-from medai.errors import DatasetError, PlanError, validation_summary
+from medai.errors import PlanError, validation_summary
 from medai.image import ScalarImage
 from medai.inference.sliding import predict_probabilities
 from medai.inference.study import Prediction, read_study, segment_image, write_prediction
+from medai.networks import build_network
 from medai.preprocess.contrasts import resolve_missing
 from medai.preprocess.plan import Plan
 
 __all__ = [
     "LoadedRun",
     "Prediction",
-    "evaluate_cases",
     "load_run",
     "predict_case",
     "read_study",
@@ -52,8 +51,6 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
         FileNotFoundError: If the folder has no ``model.pt``.
         PlanError: If ``model.pt`` holds no plan this version of medai can read.
     """
-    from medai.training.networks import build_network
-
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {run_dir} a finished training run?")
@@ -111,51 +108,3 @@ def predict_case(
     return segment_image(
         img, plan, probabilities, keep_probabilities=keep_probabilities, missing=gone
     )
-
-
-def evaluate_cases(
-    run: LoadedRun | str | Path,
-    source: Any,
-    case_ids: list[str],
-    *,
-    tta: bool | None = None,
-    on_case: Callable[[str, dict[str, float]], None] | None = None,
-) -> dict[str, list[float]]:
-    """Predict labelled cases and score each region's Dice on the input grid.
-
-    Uses the BraTS rule for an empty reference (no prediction scores 1, any scores 0).
-
-    Args:
-        run: A :class:`LoadedRun` or a run folder.
-        source: MSD folder, ``medai.data.Dataset`` or ``SegCohort``.
-        case_ids: The (test) cases to score.
-        tta: Flip test-time augmentation; default from the plan.
-        on_case: Called with ``(case_id, {region: dice})`` after each case.
-
-    Returns:
-        Region → per-case Dice, in ``case_ids`` order.
-    """
-    from medai.inference.postprocess import region_dice
-    from medai.preprocess.cases import as_cohort
-
-    loaded = run if isinstance(run, LoadedRun) else load_run(run)
-    cohort = as_cohort(source)
-    scores: dict[str, list[float]] = {name: [] for name in loaded.plan.regions}
-    for case in cohort.subset(list(case_ids)):
-        label = case.load_label()
-        if label is None:
-            raise DatasetError(
-                f"case {case.case_id!r} has no label to score against; add its label or "
-                "leave it out of the scored cases"
-            )
-        pred = predict_case(loaded, case.load_image(), tta=tta).labels.array[0]
-        ref = label.array[0]
-        dice = {
-            name: region_dice(np.isin(pred, ids), np.isin(ref, ids))
-            for name, ids in loaded.plan.regions.items()
-        }
-        for name, value in dice.items():
-            scores[name].append(value)
-        if on_case is not None:
-            on_case(case.case_id, dice)
-    return scores

@@ -1,4 +1,4 @@
-"""Segmentation training: planner, MONAI networks, region-based trainer, DDP."""
+"""Segmentation training: planner, region-based trainer, DDP (networks: medai.networks)."""
 
 from medai.training.callbacks import (
     RunResult,
@@ -7,7 +7,6 @@ from medai.training.callbacks import (
     TrainCallback,
     ValidationInfo,
 )
-from medai.training.networks import build_network
 from medai.training.planner import make_plan, probe_throughput
 from medai.training.recipe import build_loss, lr_at
 from medai.training.trainer import split_train_val, train
@@ -19,7 +18,6 @@ __all__ = [
     "TrainCallback",
     "ValidationInfo",
     "build_loss",
-    "build_network",
     "lr_at",
     "make_plan",
     "probe_throughput",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medai.networks import build_network, patch_multiple
 from medai.preprocess.cases import as_cohort
 from medai.preprocess.fingerprint import Fingerprint, compute_fingerprint
 from medai.preprocess.plan import (
@@ -29,7 +30,6 @@ from medai.preprocess.plan import (
     TrainPlan,
     apply_overrides,
 )
-from medai.training.networks import build_network, patch_multiple
 
 __all__ = [
     "CANDIDATES",

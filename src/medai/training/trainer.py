@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from medai.errors import PlanError
 from medai.fsutil import atomic_path
+from medai.networks import build_network
 from medai.preprocess.cases import SegCohort, as_cohort
 from medai.preprocess.pipeline import preprocess_cohort
 from medai.preprocess.plan import Plan, save_plan
@@ -40,7 +41,6 @@ from medai.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from medai.training.networks import build_network
 from medai.training.recipe import build_loss, lr_at, rng_state, seed_all, set_rng_state
 from medai.training.records import peak_memory_mb, plot_curve, write_json, write_metrics
 from medai.training.validation import DICE_PROTOCOL, CaseScore, fit_inner_threshold, validate

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medai.inference.postprocess import postprocess_regions, region_dice
+from medai.evaluation.segmentation import region_dice
+from medai.inference.postprocess import postprocess_regions
 from medai.inference.sliding import predict_probabilities
 from medai.preprocess.plan import Plan
 from medai.training.data import CaseArrays

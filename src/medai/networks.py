@@ -1,4 +1,7 @@
-"""MONAI networks built from a :class:`~medai.preprocess.plan.NetworkPlan`."""
+"""MONAI networks built from a :class:`~medai.preprocess.plan.NetworkPlan`.
+
+Below both training (which builds and trains them) and the PyTorch inference path
+(which rebuilds one to load its weights), so neither imports the other for it."""
 
 from __future__ import annotations
 
