@@ -5,8 +5,9 @@ functions, not ``if TYPE_CHECKING:`` blocks) of every module under ``src/medai``
   ``networks`` …): a lazy import inside a function is an edge like any other;
 - ``medai.runtime`` and every medai module it imports, transitively, import neither
   torch nor monai;
-- ``medai.evaluation`` imports neither ``medai.inference`` nor ``medai.training``:
-  evaluation consumes predictions, it does not load models.
+- ``medai.evaluation`` imports neither ``medai.inference`` nor ``medai.training`` (nor,
+  transitively, them, ``medai.networks``, torch or monai): evaluation consumes
+  predictions, it does not load models.
 """
 
 from __future__ import annotations
@@ -235,3 +236,8 @@ def test_evaluation_imports_neither_inference_nor_training() -> None:
         for line in lines
     ]
     assert not bad, "evaluation must consume predictions, not load models:\n" + "\n".join(bad)
+    seen = _reachable("medai.evaluation")
+    assert "medai.evaluation.run_report" in seen
+    banned = ("medai.inference", "medai.training", "medai.networks", *FORBIDDEN_IN_RUNTIME)
+    reached = [_chain(seen, n) for n in seen if n.startswith(banned)]
+    assert not reached, "evaluation reaches model code:\n" + "\n".join(sorted(reached))
