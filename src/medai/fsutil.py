@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,24 @@ def fsync_tree(folder: str | Path) -> None:
         for name in files:
             _fsync_file(Path(current) / name)
         fsync_dir(current)
+
+
+def publish_folder(staging: str | Path, folder: str | Path) -> None:
+    """Flush the finished ``staging`` folder, then rename it onto ``folder``.
+
+    An existing ``folder`` is first renamed aside and removed only after the new one is
+    in place, so a crash leaves either the old or the new folder, never a half-written one.
+    """
+    staging, folder = Path(staging), Path(folder)
+    fsync_tree(staging)
+    old: Path | None = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
+        folder.rename(old)
+    staging.rename(folder)
+    fsync_dir(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:

@@ -29,7 +29,7 @@ from pydicom.uid import UID
 from scipy import ndimage
 
 from medai.errors import ImageWriteError
-from medai.fsutil import fsync_dir, fsync_tree
+from medai.fsutil import publish_folder
 from medai.image import LabelMap, ScalarImage
 from medai.io.dicom_derived import AlgorithmInfo, OutputKind, derived_uid, region_colour
 from medai.io.dicom_source import SourceLike, SourceSeries
@@ -157,19 +157,6 @@ def _move_to_slice(
     sc.PixelData = plane.tobytes()
 
 
-def _publish(staging: Path, folder: Path) -> None:
-    """Flush ``staging`` and rename it onto ``folder`` (an old folder is removed after)."""
-    fsync_tree(staging)
-    old: Path | None = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        folder.rename(old)
-    staging.rename(folder)
-    fsync_dir(folder.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_overlay_sc(
     image: ScalarImage,
     labels: LabelMap,
@@ -226,7 +213,7 @@ def write_overlay_sc(
             else:
                 _move_to_slice(sc, series, plane, z, algorithm, seed)
             sc.save_as(staging / name, enforce_file_format=True)
-        _publish(staging, folder)
+        publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d secondary-capture overlay slices to %s", len(names), folder)

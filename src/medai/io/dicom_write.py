@@ -36,7 +36,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medai.errors import ConfigError, ImageWriteError
-from medai.fsutil import fsync_dir, fsync_tree
+from medai.fsutil import publish_folder
 from medai.image import Image
 from medai.io.dicom_geometry import LPS_TO_RAS
 
@@ -167,19 +167,6 @@ def _slice_file(base: Dataset, enc: _Encoding, lps: NDArray[np.float64], k: int)
     return ds
 
 
-def _publish(staging: Path, folder: Path, overwrite: bool) -> None:
-    """Flush the finished ``staging`` folder to disk, then rename it onto ``folder``."""
-    fsync_tree(staging)
-    old: Path | None = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        folder.rename(old)
-    staging.rename(folder)
-    fsync_dir(folder.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_dicom_series(
     image: Image,
     folder: str | Path,
@@ -252,7 +239,7 @@ def write_dicom_series(
         names = [f"slice_{k + 1:04d}.dcm" for k in range(image.shape[2])]
         for k, name in enumerate(names):
             _slice_file(base, enc, lps, k).save_as(staging / name, enforce_file_format=True)
-        _publish(staging, folder, overwrite)
+        publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [folder / name for name in names]
