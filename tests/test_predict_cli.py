@@ -19,7 +19,7 @@ from medai.preprocess import load_plan
 from medai.runtime import Segmenter, load_bundle
 
 
-def test_plan_preprocess_train_predict_cli(tmp_path: Path) -> None:
+def test_plan_preprocess_train_predict_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     msd = make_msd(tmp_path / "msd", cases=4)
     runner = CliRunner()
     tiny = [
@@ -84,8 +84,10 @@ def test_plan_preprocess_train_predict_cli(tmp_path: Path) -> None:
     onnx_labels = Segmenter(loaded).predict(image).labels.array
     assert np.mean(onnx_labels == torch_labels) > 0.999
     assert np.count_nonzero(onnx_labels) > 0
-    # the demo's last step: bundle → one study as DICOM series → labels, SEG and SR
-    paths = deploy_step(run, msd, tmp_path / "deploy")
+    # the demo's last step: bundle → one study as DICOM series → labels, SEG and SR; with
+    # paths relative to the working directory, as `make demo` passes them
+    monkeypatch.chdir(tmp_path)
+    paths = deploy_step(run.relative_to(tmp_path), msd.relative_to(tmp_path), Path("deploy"))
     assert set(paths) == {"labels", "volumes", "seg", "sr"}
     deployed = read_nifti(paths["labels"])
     assert np.count_nonzero(deployed.array) > 0

@@ -252,13 +252,16 @@ def _training_cases(run: Path, dataset: str | Path | None) -> list[SegCase]:
     pointer = (
         json.loads((run / "run.json").read_text("utf-8")) if (run / "run.json").is_file() else {}
     )
-    source = dataset or pointer.get("dataset")
-    if not source:
+    if dataset is not None:  # the caller's path: relative to the working directory
+        source = Path(dataset)
+    elif pointer.get("dataset"):  # run.json's: relative to the run folder
+        source = run / str(pointer["dataset"])
+    else:
         raise ExportError(
             f"{run}: the run does not name its dataset (no run.json); export needs its training "
             "cases to check the ONNX model: pass --dataset PATH"
         )
-    cohort = as_cohort(run / str(source) if not Path(source).is_absolute() else Path(source))
+    cohort = as_cohort(source)
     split = (
         json.loads((run / "split.json").read_text("utf-8"))
         if (run / "split.json").is_file()
