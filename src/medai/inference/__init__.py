@@ -8,9 +8,9 @@ the torch-free runtime (:mod:`medai.runtime`) runs too. The PyTorch path
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from medai._lazy import load_lazy
 from medai.inference.postprocess import (
     postprocess_regions,
     region_volumes_ml,
@@ -56,9 +56,4 @@ _TORCH_PATH = {
 
 def __getattr__(name: str) -> Any:
     """The PyTorch path's names, imported when first asked for (PEP 562)."""
-    module = _TORCH_PATH.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medai.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return load_lazy(__name__, _TORCH_PATH, globals(), name)

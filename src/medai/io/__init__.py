@@ -5,9 +5,9 @@ The DICOM result writers and annotation readers (highdicom, scikit-image, SciPy)
 imported on first use, so reading an image does not pay for them.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from medai._lazy import load_lazy
 from medai.io.api import read_image, read_label, write_image
 from medai.io.deid import Change, deidentify_dataset
 from medai.io.deid_files import DeidReport, deidentify_path
@@ -49,11 +49,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medai.io' has no attribute {name!r}")
+    """The DICOM result writers and annotation readers, imported when first asked for."""
+    return load_lazy(__name__, _LAZY, globals(), name)
 
 
 __all__ = [

@@ -8,9 +8,9 @@ starts fast.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from medai._lazy import load_lazy
 from medai.preprocess.pipeline import (
     GridRecord,
     Preprocessed,
@@ -100,9 +100,4 @@ _DATASET_SIDE = {
 
 def __getattr__(name: str) -> Any:
     """The dataset side's names, imported when first asked for (PEP 562)."""
-    module = _DATASET_SIDE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medai.preprocess' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return load_lazy(__name__, _DATASET_SIDE, globals(), name)
