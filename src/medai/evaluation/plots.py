@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,8 @@ from medai.evaluation.classification import (
 )
 from medai.evaluation.regression import compute_bland_altman
 from medai.evaluation.subgroups import SubgroupAnalysis
+from medai.evaluation.uncertainty import ReferralCurve
+from medai.fsutil import atomic_write_bytes
 
 __all__ = [
     "figure_to_png",
@@ -36,6 +39,7 @@ __all__ = [
     "plot_forest",
     "plot_overlay",
     "plot_pr",
+    "plot_referral_curve",
     "plot_reliability",
     "plot_roc",
     "png_data_uri",
@@ -316,4 +320,27 @@ def plot_overlay(
     ]
     ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
     ax.set(title=title, xticks=[], yticks=[])
+    return fig
+
+
+def plot_referral_curve(
+    curve: ReferralCurve,
+    path: str | Path | None = None,
+    *,
+    quality: str = "Quality",
+    title: str = "Referral curve",
+) -> Figure:
+    """Mean quality of the kept cases against the fraction referred: by uncertainty,
+    oracle (worst first) and random. With ``path``, also written there as PNG (atomically).
+    """
+    fig = _new()
+    ax = fig.add_subplot()
+    x = 100 * curve.fractions
+    ax.plot(x, curve.oracle, ls="--", color="0.3", lw=1, label="oracle (worst first)")
+    ax.plot(x, curve.random, ls=":", color="0.5", lw=1.5, label="random")
+    ax.plot(x, curve.retained_quality, "o-", color=_MAIN_COLOUR, lw=2, ms=4, label="uncertainty")
+    ax.set(xlabel="Cases referred (%)", ylabel=f"{quality} of kept cases", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    if path is not None:
+        atomic_write_bytes(path, figure_to_png(fig))
     return fig
