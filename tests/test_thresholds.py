@@ -140,7 +140,7 @@ def test_threshold_rejects_bad_fields() -> None:
     with pytest.raises(ValueError, match="exactly the keys"):
         Threshold.from_dict({"value": 0.5, "policy": "youden"})
     with pytest.raises(ValueError, match="policy must be one of"):
-        Threshold(0.5, "argmax", None, 1.0, 1.0)  # type: ignore[arg-type]
+        Threshold(0.5, "auto", None, 1.0, 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a target"):
         Threshold(0.5, ThresholdPolicy.SENSITIVITY, None, 1.0, 1.0)
     with pytest.raises(ValueError, match="specificity must lie in"):
@@ -160,7 +160,7 @@ def test_choose_threshold_errors() -> None:
     with pytest.raises(ValueError, match="0/1"):
         choose_threshold([0, 1, 2, 1], S4, policy="youden")
     with pytest.raises(ValueError, match="policy must be one of"):
-        choose_threshold(Y4, S4, policy="argmax")
+        choose_threshold(Y4, S4, policy="auto")
     with pytest.raises(ValueError, match="shape"):
         choose_threshold(Y4, np.c_[1 - S4, S4], policy="youden")
 
@@ -218,3 +218,9 @@ def test_operating_point_resamples_patients_and_checks_inputs() -> None:
         operating_point(y, s, float("nan"), n_resamples=200)
     with pytest.raises(ValueError, match="only class 1"):
         operating_point(np.ones(5, int), np.linspace(0, 1, 5), 0.5, n_resamples=200)
+
+
+def test_argmax_policy_is_one_half() -> None:
+    chosen = choose_threshold(Y4, S4, policy="argmax")
+    assert chosen.value == 0.5
+    assert chosen.sensitivity == float(np.mean(np.asarray(S4)[np.asarray(Y4) == 1] >= 0.5))

@@ -91,8 +91,8 @@ def test_train_writes_run_records(msd: Path, tmp_path: Path) -> None:
     # validation.json: the best epoch's cases; ET cross-fitted, the tuned figure labelled
     val = json.loads((run / "validation.json").read_text())
     assert val["best_epoch"] == result.best_epoch
-    assert val["best_dice"] == result.best_dice
-    assert val["best_dice_tuned"] == result.best_dice_tuned
+    assert val["best_dice"] == result.best_metrics
+    assert val["best_dice_tuned"] == result.best_tuned
     assert set(val["best_dice_tuned"]) == {"ET"}
     assert "cross-fitted" in val["protocol"]
     assert [c["case_id"] for c in val["cases"]] == val_ids
@@ -105,7 +105,7 @@ def test_train_writes_run_records(msd: Path, tmp_path: Path) -> None:
     assert fit["cross_fitted_cases"] == {val_ids[0]: val["cases"][0]["dice"]["ET"]}
     assert val["best_dice"]["ET"] == fit["cross_fitted_dice"] == val["cases"][0]["dice"]["ET"]
     assert val["best_dice_tuned"]["ET"] == fit["tuned_dice"] >= val["best_dice"]["ET"]
-    assert result.best_score == pytest.approx(np.mean(list(result.best_dice.values())))
+    assert result.best_score == pytest.approx(np.mean(list(result.best_metrics.values())))
     # plan.yaml: the plan given, plus the threshold learnt, also inside model.pt
     final = load_plan(run / "plan.yaml")
     assert final.inference.et_min_volume_ml == fit["min_volume_ml"]
@@ -140,7 +140,7 @@ def test_resume_after_mid_epoch_kill_matches_uninterrupted(msd: Path, tmp_path: 
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["state"]["history"][-1]["train_loss"] == b["state"]["history"][-1]["train_loss"]
-    assert resumed.best_dice == full.best_dice
+    assert resumed.best_metrics == full.best_metrics
 
 
 def test_region_loss_is_sigmoid_bce_not_softmax() -> None:
@@ -210,11 +210,11 @@ def test_training_learns_and_a_zero_learning_rate_does_not(tmp_path: Path) -> No
     zero = plan.model_copy(update={"train": plan.train.model_copy(update={"lr": 0.0})})
     still = train(msd, zero, tmp_path / "lr0", callbacks=[frozen], cache_dir=tmp_path / "c")
     report = (
-        f"lr {plan.train.lr}: loss drop {_loss_drop(learning.steps):.2f}, {result.best_dice}; "
-        f"lr 0: loss drop {_loss_drop(frozen.steps):.2f}, {still.best_dice}"
+        f"lr {plan.train.lr}: loss drop {_loss_drop(learning.steps):.2f}, {result.best_metrics}; "
+        f"lr 0: loss drop {_loss_drop(frozen.steps):.2f}, {still.best_metrics}"
     )
-    assert _learned(learning.steps, result.best_dice), report
-    assert not _learned(frozen.steps, still.best_dice), report
+    assert _learned(learning.steps, result.best_metrics), report
+    assert not _learned(frozen.steps, still.best_metrics), report
     assert all(s.lr == 0.0 for s in frozen.steps)
     # the baseline is not met by finding the brain: a whole-brain mask scores far below it
     cohort = as_cohort(msd)

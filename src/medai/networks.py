@@ -6,6 +6,7 @@ Below both training (which builds and trains them) and the PyTorch inference pat
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,8 +32,11 @@ def output_conv(net: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def build_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) -> nn.Module:
-    """A 3D MONAI network: ``unet``, ``basicunet``, ``dynunet`` or ``segresnet``.
+def build_network(
+    plan: NetworkPlan, *, in_channels: int, out_channels: int, spatial_dims: int = 3
+) -> nn.Module:
+    """The plan's MONAI network: a 3D segmentation network (``unet``, ``basicunet``,
+    ``dynunet``, ``segresnet``) or a 2D/3D classifier (:mod:`medai.classifiers`).
 
     The output bias starts at ``logit(plan.output_prior)`` (the focal-loss "prior"
     initialisation): small tumours are rare voxels, and starting every sigmoid at 0.5
@@ -41,8 +45,22 @@ def build_network(plan: NetworkPlan, *, in_channels: int, out_channels: int) -> 
     Args:
         plan: Architecture, base width, depth, residual units, dropout.
         in_channels: Image channels.
-        out_channels: Output logits (one per region).
+        out_channels: Output logits (one per region; classifiers: per class).
+        spatial_dims: Classifiers only: 2 or 3 (segmentation networks are 3D).
     """
+    if not plan.architecture.is_segmentation:
+        from medai.classifiers import build_classifier
+
+        weights = Path(plan.weights) if plan.weights else None
+        return build_classifier(
+            plan.architecture.value,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            dropout=plan.dropout,
+            width=plan.width,
+            weights=weights,
+        )
     net = _monai_network(plan, in_channels=in_channels, out_channels=out_channels)
     head = output_conv(net)
     bias = getattr(head, "bias", None)

@@ -115,7 +115,7 @@ class _RichCallback:
                         sps=step.samples_per_s)  # fmt: skip
 
     def on_validation(self, result: Any) -> None:
-        text = " ".join(f"{k} {v:.3f}" for k, v in result.dice.items())
+        text = " ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
         self.bar.update(self.task, dice=text + (" ★" if result.is_best else ""))
 
     def on_end(self, result: Any) -> None:
@@ -190,11 +190,20 @@ def train_with_progress(
 
 
 def _print_validation_dice(result: Any) -> None:
-    """The best validation's Dice; a figure tuned on those same cases is labelled so."""
-    dice = " ".join(f"{k} {v:.3f}" for k, v in result.best_dice.items())
-    tuned = result.best_dice_tuned
+    """The best validation's figures; those tuned on the same cases are labelled so."""
+    figures = " ".join(f"{k} {v:.3f}" for k, v in result.best_metrics.items())
+    tuned = result.best_tuned
+    if result.task != "segmentation":
+        console.print(
+            f"best validation (epoch {result.best_epoch}; threshold figures cross-fitted): "
+            f"{figures or '-'}"
+        )
+        if tuned:
+            text = " ".join(f"{k} {v:.3f}" for k, v in tuned.items())
+            console.print(f"  at the threshold tuned on these same cases (optimistic): {text}")
+        return
     how = "".join(f"; {k} volume threshold cross-fitted" for k in tuned)
-    console.print(f"best validation Dice (epoch {result.best_epoch}{how}): {dice or '-'}")
+    console.print(f"best validation Dice (epoch {result.best_epoch}{how}): {figures or '-'}")
     for name, value in tuned.items():
         console.print(
             f"  {name} {value:.3f} with its threshold tuned on these same cases (optimistic)"

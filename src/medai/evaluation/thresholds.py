@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, cast
 
 import numpy as np
@@ -29,20 +28,12 @@ from medai.evaluation.classification import (
     compute_sensitivity,
     compute_specificity,
 )
+from medai.preprocess.task_plan import ThresholdPolicy
 
 __all__ = ["Threshold", "ThresholdPolicy", "choose_threshold", "operating_point"]
 
 # Rates are ratios of small counts; 9/10 must count as reaching a target of 0.9.
 _TOLERANCE = 1e-12
-
-
-class ThresholdPolicy(StrEnum):
-    """How the validation set picks the threshold."""
-
-    YOUDEN = "youden"  # maximise sensitivity + specificity − 1
-    SENSITIVITY = "sensitivity"  # reach a target sensitivity, then maximise specificity
-    SPECIFICITY = "specificity"  # reach a target specificity, then maximise sensitivity
-    F1 = "f1"  # maximise F1 of the positive class
 
 
 _TARGETED = (ThresholdPolicy.SENSITIVITY, ThresholdPolicy.SPECIFICITY)
@@ -206,8 +197,12 @@ def choose_threshold(
     if distinct.size < 2:
         raise ValueError(f"y_score is constant ({distinct[0]}); no threshold separates cases")
     candidates = (distinct[:-1] + distinct[1:]) / 2.0
+    if chosen is ThresholdPolicy.ARGMAX:
+        candidates = np.array([0.5])
     sensitivity, specificity, f1 = _rates_at(truth, score, candidates)
-    if chosen is ThresholdPolicy.YOUDEN:
+    if chosen is ThresholdPolicy.ARGMAX:
+        objective = np.zeros(1)
+    elif chosen is ThresholdPolicy.YOUDEN:
         objective = sensitivity + specificity - 1.0
     elif chosen is ThresholdPolicy.F1:
         objective = f1

@@ -22,17 +22,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medai.errors import ConfigError, PlanError, validation_summary
 from medai.fsutil import atomic_write_text
+from medai.preprocess.task_plan import (
+    Imbalance,
+    InputPlan,
+    TargetPlan,
+    TaskKind,
+    ThresholdPolicy,
+    UncertaintyMethod,
+)
 
 __all__ = [
     "Architecture",
+    "Imbalance",
     "InferencePlan",
+    "InputPlan",
     "LossKind",
     "NetworkPlan",
     "Normalisation",
     "Plan",
     "PreprocessPlan",
     "ShiftPlan",
+    "TargetPlan",
+    "TaskKind",
+    "ThresholdPolicy",
     "TrainPlan",
+    "UncertaintyMethod",
     "apply_overrides",
     "load_plan",
     "parse_duration",
@@ -40,7 +54,7 @@ __all__ = [
     "save_plan",
 ]
 
-SECTIONS: tuple[str, ...] = ("preprocess", "network", "train", "inference")
+SECTIONS: tuple[str, ...] = ("preprocess", "network", "train", "inference", "input", "target")
 #: Sub-sections whose fields are overridden one by one, like a section's.
 SUBSECTIONS: tuple[str, ...] = ("train.shift",)
 
@@ -52,6 +66,20 @@ class Architecture(StrEnum):
     BASICUNET = "basicunet"
     DYNUNET = "dynunet"
     SEGRESNET = "segresnet"
+    # image → label or number (medai.classifiers)
+    DENSENET121 = "densenet121"
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+    EFFICIENTNET_B0 = "efficientnet-b0"
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self in _SEGMENTATION_NETS
+
+
+_SEGMENTATION_NETS = frozenset(
+    {Architecture.UNET, Architecture.BASICUNET, Architecture.DYNUNET, Architecture.SEGRESNET}
+)
 
 
 class Normalisation(StrEnum):
@@ -103,6 +131,12 @@ class NetworkPlan(_Strict):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     output_prior: float = Field(
         default=0.02, gt=0, lt=1, description="initial sigmoid output (output bias = logit)"
+    )
+    width: float = Field(
+        default=1.0, ge=1 / 16, le=4, description="classifiers: channel multiplier"
+    )
+    weights: str | None = Field(
+        default=None, description="classifiers: local file of pretrained weights"
     )
 
     @property
@@ -189,8 +223,14 @@ class InferencePlan(_Strict):
 
 
 class Plan(_Strict):
-    """Everything a segmentation run needs besides the data."""
+    """Everything a run needs besides the data.
 
+    ``task`` says what the run predicts. Segmentation uses ``labels``, ``regions`` and
+    the patch-based sections; image → label or number runs use ``classes`` (the class
+    names; for regression the target's name), ``input`` and ``target``.
+    """
+
+    task: TaskKind = TaskKind.SEGMENTATION
     channels: list[str] = Field(default_factory=lambda: ["image"])
     labels: dict[int, str] = Field(default_factory=lambda: {0: "background", 1: "foreground"})
     regions: dict[str, list[int]] = Field(default_factory=lambda: {"FG": [1]})
@@ -198,10 +238,28 @@ class Plan(_Strict):
     network: NetworkPlan = NetworkPlan()
     train: TrainPlan = TrainPlan()
     inference: InferencePlan = InferencePlan()
+    classes: list[str] = Field(default_factory=list)
+    input: InputPlan = InputPlan()
+    target: TargetPlan = TargetPlan()
     notes: dict[str, Any] = Field(default_factory=dict, description="planner's reasoning")
 
     @model_validator(mode="after")
-    def _patch_fits_network(self) -> Plan:
+    def _task_fits(self) -> Plan:
+        arch = self.network.architecture
+        if self.task is not TaskKind.SEGMENTATION:
+            if arch.is_segmentation:
+                raise ValueError(
+                    f"a {self.task.value} plan needs a classifier network (densenet121, "
+                    f"resnet18, resnet50, efficientnet-b0); got {arch.value!r}"
+                )
+            wanted = 1 if self.task in (TaskKind.BINARY, TaskKind.REGRESSION) else 2
+            if len(self.classes) < wanted:
+                raise ValueError(f"a {self.task.value} plan names its classes; got {self.classes}")
+            return self
+        if not arch.is_segmentation:
+            raise ValueError(
+                f"a segmentation plan needs a segmentation network; got {arch.value!r}"
+            )
         m = self.network.downsampling
         patch = self.train.patch_size
         if any(p % m or p < 2 * m for p in patch):

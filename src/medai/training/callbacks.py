@@ -35,11 +35,12 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class ValidationInfo:
-    """After one validation."""
+    """After one validation: the task's figures (segmentation: Dice per region) and
+    the score that picks the best model."""
 
     epoch: int
-    dice: dict[str, float]
-    mean_dice: float
+    metrics: dict[str, float]
+    score: float
     is_best: bool
     elapsed_s: float
 
@@ -48,22 +49,26 @@ class ValidationInfo:
 class RunResult:
     """What a finished run left behind.
 
-    ``best_dice`` is the best validation's Dice per region with the innermost region's
-    (ET's) volume threshold cross-fitted: each validation case is scored at the threshold
-    chosen on the other validation cases. ``best_dice_tuned`` holds that region's Dice
-    with the threshold chosen on the very cases it is scored on (optimistic; empty when
-    no threshold was tuned). ``best_score`` is the mean of ``best_dice``.
+    ``best_metrics`` are the best validation's figures with anything tuned on the
+    validation cases cross-fitted. Segmentation: Dice per region, the innermost region's
+    (ET's) volume threshold cross-fitted (each validation case scored at the threshold
+    chosen on the other validation cases); ``best_tuned`` holds that region's Dice with
+    the threshold chosen on the very cases it is scored on (optimistic; empty when
+    nothing was tuned), and ``best_score`` is the mean of ``best_metrics``.
+    Classification and regression: the validation figures at the learnt threshold
+    (cross-fitted), and ``best_score`` the validation score that chose the model.
     """
 
     run_dir: Path
     best_score: float
     best_epoch: int
-    best_dice: dict[str, float]
+    best_metrics: dict[str, float]
     epochs: int
     steps: int
     stopped: StopReason
     kpis: dict[str, Any] = field(default_factory=dict)
-    best_dice_tuned: dict[str, float] = field(default_factory=dict)
+    best_tuned: dict[str, float] = field(default_factory=dict)
+    task: str = "segmentation"
 
 
 class TrainCallback:

@@ -38,7 +38,7 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curve(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """``curve.png``: training loss and validation Dice per epoch."""
+    """``curve.png``: training loss and the validation figures per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,13 +50,16 @@ def plot_curve(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    val_keys = sorted({k for r in rows for k in r if k.startswith("val_dice_")})
+    val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
+    values: list[float] = []
     for key in val_keys:
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) not in (None, "")]
         if pts:
             ax2.plot(*zip(*pts, strict=True), marker="o", label=key[4:])
-    ax2.set_ylabel("validation Dice")
-    ax2.set_ylim(0, 1)
+            values += [float(v) for _, v in pts]
+    ax2.set_ylabel("validation")
+    if values and min(values) >= 0.0 and max(values) <= 1.0:
+        ax2.set_ylim(0, 1)
     fig.legend(loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = run_dir / "curve.png"
