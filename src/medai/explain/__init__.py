@@ -1,0 +1,29 @@
+"""Explaining a classifier: saliency maps (Grad-CAM, Grad-CAM++, occlusion), their sanity
+checks (parameter randomisation, pointing game) and heat-map outputs (NIfTI, PNG overlay).
+
+Torch and MONAI side: built on :mod:`monai.visualize`.
+"""
+
+from medai.explain.saliency import SaliencyMethod, default_target_layer, saliency_map
+from medai.explain.sanity import (
+    LayerCheck,
+    PointingResult,
+    compute_map_similarity,
+    pointing_game,
+    randomisation_check,
+)
+from medai.explain.writers import best_slice, write_heatmap_nifti, write_overlay_png
+
+__all__ = [
+    "LayerCheck",
+    "PointingResult",
+    "SaliencyMethod",
+    "best_slice",
+    "compute_map_similarity",
+    "default_target_layer",
+    "pointing_game",
+    "randomisation_check",
+    "saliency_map",
+    "write_heatmap_nifti",
+    "write_overlay_png",
+]
