@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -14,10 +15,14 @@ from medai.data import (
     SPLIT_NAMES,
     CheckReport,
     Dataset,
+    TaskType,
     check_dataset,
     import_dataset,
     render_case_png,
+    slice_dataset,
     split_dataset,
+    target_dataset,
+    tumour_location,
 )
 from medai.errors import ConfigError
 from medai.fsutil import atomic_write_text
@@ -177,3 +182,46 @@ def show_cmd(
             overlay="fill" if fill else "contour",
         )
     console.print(f"wrote [bold]{out}[/]")
+
+
+class DeriveTarget(StrEnum):
+    """What `medai data derive` makes of a segmentation cohort."""
+
+    GRADE = "grade"
+    AGE = "age"
+    LOCATION = "location"
+    SLICES = "slices"
+
+
+@data_app.command("derive")
+def derive_cmd(
+    manifest: Path = typer.Argument(..., help="Segmentation manifest (dataset.yaml) or folder."),
+    target: DeriveTarget = typer.Option(..., "--target", help="grade, age, location or slices."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the new dataset.yaml."),
+    channel: str = typer.Option("flair", help="Channel of the 2D slices (slices)."),
+    slices_per_case: int = typer.Option(6, help="Slices per case, half with tumour (slices)."),
+    size: int | None = typer.Option(None, help="Resample slices to size × size (slices)."),
+    seed: int = typer.Option(0, help="Seed of the slice draw (slices; recorded)."),
+) -> None:
+    """Derive a classification / regression dataset (same patients and splits).
+
+    grade: HGG/LGG classification; age: regression; location: tumour hemisphere and
+    front/back half; slices: 2D axial tumour / no-tumour slices written under --out.
+    """
+    with user_errors():
+        ds, _ = _open(manifest)
+        if target is DeriveTarget.SLICES:
+            derived = slice_dataset(
+                ds, out, channel=channel, slices_per_case=slices_per_case, seed=seed, size=size
+            )
+        else:
+            if target is DeriveTarget.LOCATION:
+                derived = tumour_location(ds)
+            elif target is DeriveTarget.GRADE:
+                derived = target_dataset(ds, column="grade", task=TaskType.CLASSIFICATION)
+            else:
+                derived = target_dataset(ds, column="age", task=TaskType.REGRESSION)
+            out.mkdir(parents=True, exist_ok=True)
+            derived.save(out / "dataset.yaml")
+    console.print(_summary(derived))
+    console.print(f"wrote [bold]{out / 'dataset.yaml'}[/]")

@@ -1,6 +1,7 @@
 """Datasets: the manifest, importers, checks, splits and a quick look at a case."""
 
 from medai.data.check import Anomaly, AnomalyKind, CheckReport, check_dataset, robust_z
+from medai.data.derive import slice_dataset, target_dataset, tumour_location
 from medai.data.importers import (
     attach_clinical,
     import_brats,
@@ -56,5 +57,8 @@ __all__ = [
     "render_case_png",
     "resolve_regions",
     "robust_z",
+    "slice_dataset",
     "split_dataset",
+    "target_dataset",
+    "tumour_location",
 ]
