@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medai.preprocess.plan import Architecture, NetworkPlan
+from medai.preprocess.plan import Architecture, NetworkPlan, Plan, TaskKind
 
-__all__ = ["build_network", "output_conv", "patch_multiple"]
+__all__ = ["build_network", "build_plan_network", "output_conv", "output_width", "patch_multiple"]
 
 
 def patch_multiple(plan: NetworkPlan) -> int:
@@ -30,6 +30,26 @@ def output_conv(net: nn.Module) -> nn.Module:
     if not convs:
         raise ValueError(f"{type(net).__name__} has no 3D convolution")
     return convs[-1]
+
+
+def output_width(plan: Plan) -> int:
+    """Logits a plan's network outputs: one per region (segmentation), one (binary,
+    regression), one per class (multi-class, multi-label)."""
+    if plan.task is TaskKind.SEGMENTATION:
+        return len(plan.regions)
+    if plan.task in (TaskKind.BINARY, TaskKind.REGRESSION):
+        return 1
+    return len(plan.classes)
+
+
+def build_plan_network(plan: Plan) -> nn.Module:
+    """The network ``plan`` describes, with the plan's input and output widths."""
+    return build_network(
+        plan.network,
+        in_channels=len(plan.channels),
+        out_channels=output_width(plan),
+        spatial_dims=3 if plan.task is TaskKind.SEGMENTATION else plan.input.spatial_dims,
+    )
 
 
 def build_network(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,10 +20,13 @@ from torch import nn
 from medai.preprocess.plan import Plan, TaskKind, UncertaintyMethod
 
 __all__ = [
+    "ImagePrediction",
+    "case_uncertainty",
     "decide",
     "forward_logits",
     "member_logits",
     "outputs_from_logits",
+    "predict_images",
     "tta_shifts",
 ]
 
@@ -128,3 +132,76 @@ def decide(outputs: NDArray[np.floating], plan: Plan) -> NDArray[np.int64]:
     if plan.task is TaskKind.MULTILABEL:
         return (np.asarray(outputs) >= 0.5).astype(np.int64)
     raise ValueError(f"decide serves classification, not {plan.task}")
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """One case's prediction by an image → label / number run.
+
+    Attributes:
+        case_id: The case.
+        logits: Raw network output ``(out,)`` (first pass, temperature 1).
+        output: Binary: positive-class probability; multi-class / multi-label: one
+            probability per class; regression: the value (target units). Calibrated
+            with the run's temperature and averaged over the uncertainty passes.
+        decision: Class index (binary: 1 = the last class) or -1 for regression.
+        uncertainty: Per-case uncertainty (see :func:`case_uncertainty`), NaN without passes.
+        needs_review: Uncertainty above the run's review threshold.
+    """
+
+    case_id: str
+    logits: tuple[float, ...]
+    output: float | tuple[float, ...]
+    decision: int
+    uncertainty: float
+    needs_review: bool
+
+
+def case_uncertainty(member_outputs: NDArray[np.floating], plan: Plan) -> NDArray[np.float64]:
+    """Per-case uncertainty from the outputs of several passes ``(M, N, …)``:
+    predictive entropy of the mean (classification; multi-label: mean over labels),
+    the spread (standard deviation) across passes in the target's units (regression)."""
+    from medai.evaluation.uncertainty import predictive_entropy
+
+    outputs = np.asarray(member_outputs, dtype=np.float64)
+    if plan.task is TaskKind.REGRESSION:
+        return np.asarray(outputs.std(axis=0))
+    mean = outputs.mean(axis=0)
+    if plan.task is TaskKind.MULTILABEL:
+        per_label = [predictive_entropy(mean[:, k]) for k in range(mean.shape[1])]
+        return np.asarray(np.mean(per_label, axis=0))
+    return predictive_entropy(mean)
+
+
+def predict_images(
+    net: nn.Module, images: F32, plan: Plan, case_ids: list[str], *, device: torch.device
+) -> list[ImagePrediction]:
+    """Predict preprocessed inputs ``(N, C, *size)`` with the plan's output settings."""
+    first = forward_logits(net, images, device=device)
+    members = outputs_from_logits(member_logits(net, images, plan, device=device), plan)
+    mean = members.mean(axis=0)
+    passes = members.shape[0] > 1
+    spread = case_uncertainty(members, plan) if passes else np.full(len(images), np.nan)
+    review = plan.target.review_above
+    if plan.task is TaskKind.REGRESSION:
+        decisions = np.full(len(images), -1, dtype=np.int64)
+    else:
+        decisions = decide(mean, plan)
+    out = []
+    for i, case_id in enumerate(case_ids):
+        value = mean[i]
+        output: float | tuple[float, ...] = (
+            float(value) if np.ndim(value) == 0 else tuple(float(v) for v in value)
+        )
+        decision = decisions[i]
+        out.append(
+            ImagePrediction(
+                case_id=case_id,
+                logits=tuple(float(v) for v in first[i]),
+                output=output,
+                decision=int(decision) if np.ndim(decision) == 0 else int(np.argmax(decision)),
+                uncertainty=float(spread[i]),
+                needs_review=bool(review is not None and passes and spread[i] > review),
+            )
+        )
+    return out

@@ -21,7 +21,7 @@ from medai.errors import PlanError, validation_summary
 from medai.image import ScalarImage
 from medai.inference.sliding import predict_probabilities
 from medai.inference.study import Prediction, read_study, segment_image, write_prediction
-from medai.networks import build_network
+from medai.networks import build_plan_network
 from medai.preprocess.contrasts import resolve_missing
 from medai.preprocess.plan import Plan
 
@@ -63,9 +63,7 @@ def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
             f"{path} holds no valid plan ({validation_summary(exc)}); retrain the run, or "
             "predict with the medai version that trained it"
         ) from exc
-    model = build_network(
-        plan.network, in_channels=len(plan.channels), out_channels=len(plan.regions)
-    )
+    model = build_plan_network(plan)
     model.load_state_dict(payload["model"])
     return LoadedRun(plan, model.to(dev).eval(), dev)
 

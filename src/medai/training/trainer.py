@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from medai.errors import PlanError
 from medai.fsutil import atomic_path
-from medai.networks import build_network
+from medai.networks import build_plan_network
 from medai.preprocess.plan import Plan, TaskKind, save_plan
 from medai.training.callbacks import (
     RunResult,
@@ -97,12 +97,7 @@ class _Trainer:
         self.dataset = task.dataset(
             self.train_cases, self.tp, seed=self.tp.seed, length=length, full=plan
         )
-        self.net = build_network(
-            plan.network,
-            in_channels=len(plan.channels),
-            out_channels=task.out_channels(plan),
-            spatial_dims=plan.input.spatial_dims if plan.task is not TaskKind.SEGMENTATION else 3,
-        ).to(dist.device)
+        self.net = build_plan_network(plan).to(dist.device)
         self.model: nn.Module = DistributedDataParallel(self.net) if dist.distributed else self.net
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=self.tp.lr, weight_decay=self.tp.weight_decay

@@ -13,10 +13,19 @@ from medai.training.tasks.base import Finalised, Task, Validation
 from medai.training.tasks.classification import ImageTask
 from medai.training.tasks.segmentation import SegmentationTask
 
-__all__ = ["Finalised", "ImageTask", "SegmentationTask", "Task", "Validation", "task_for"]
+__all__ = [
+    "Finalised",
+    "ImageTask",
+    "SegmentationTask",
+    "Task",
+    "Validation",
+    "as_dataset",
+    "task_for",
+]
 
 
-def _dataset(source: Any) -> Dataset:
+def as_dataset(source: Any) -> Dataset:
+    """A ``Dataset`` from itself or from a path the data layer imports."""
     if isinstance(source, Dataset):
         return source
     if isinstance(source, str | Path):
@@ -36,7 +45,7 @@ def task_for(source: Any, plan: Plan) -> Task:
         channels = cohort.channels
         task: Task = SegmentationTask(cohort)
     else:
-        dataset = _dataset(source)
+        dataset = as_dataset(source)
         wanted = (
             TaskType.REGRESSION if plan.task is TaskKind.REGRESSION else TaskType.CLASSIFICATION
         )

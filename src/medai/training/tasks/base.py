@@ -73,10 +73,6 @@ class Task(ABC):
     def load(self, paths: dict[str, Path], plan: Plan) -> list[Any]:
         """Hold the cached cases in memory for training or validation."""
 
-    @abstractmethod
-    def out_channels(self, plan: Plan) -> int:
-        """Width of the network's output."""
-
     def fit_training(self, plan: Plan, items: Sequence[Any]) -> None:  # noqa: B027
         """Learn what the loss needs from the training items into ``plan`` (e.g. class
         weights, the target's scale); nothing by default."""

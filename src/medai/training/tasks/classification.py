@@ -29,7 +29,7 @@ from medai.preprocess.fixed import FixedInput, preprocess_fixed
 from medai.preprocess.plan import Imbalance, Plan, TaskKind, TrainPlan, UncertaintyMethod
 from medai.training.data import sample_seed
 from medai.training.tasks.base import Finalised, Task, Validation
-from medai.training.tasks.outputs import case_uncertainty, finalise_outputs, validation_metrics
+from medai.training.tasks.outputs import finalise_outputs, validation_metrics
 
 __all__ = ["ImageTask", "TargetCase", "encode_target"]
 
@@ -183,7 +183,9 @@ class ImageTask(Task):
             )
 
     def preprocess(self, ids: list[str], plan: Plan, cache: Path) -> dict[str, Path]:
-        return preprocess_fixed(self.dataset, ids, settings=plan.input, cache_dir=cache)
+        cases = [self.data.case(i) for i in ids]
+        settings = FixedInput(**plan.input.model_dump())
+        return preprocess_fixed(cases, dataset=self.data, settings=settings, cache_dir=cache)
 
     def load(self, paths: dict[str, Path], plan: Plan) -> list[TargetCase]:
         return [
@@ -194,11 +196,6 @@ class ImageTask(Task):
             )
             for case_id, path in paths.items()
         ]
-
-    def out_channels(self, plan: Plan) -> int:
-        if plan.task in (TaskKind.BINARY, TaskKind.REGRESSION):
-            return 1
-        return len(plan.classes)
 
     def fit_training(self, plan: Plan, items: Sequence[Any]) -> None:
         """Regression: the target's mean and scale. Weighted loss: inverse-frequency
@@ -253,7 +250,7 @@ class ImageTask(Task):
     ) -> Finalised:
         """Temperature and threshold (:func:`finalise_outputs`), then the uncertainty of
         every validation case and the level above which the top 10 % go to review."""
-        from medai.inference.classify import member_logits, outputs_from_logits
+        from medai.inference.classify import case_uncertainty, member_logits, outputs_from_logits
 
         final = finalise_outputs(plan, best)
         if plan.target.uncertainty is UncertaintyMethod.NONE or len(items) < 2:

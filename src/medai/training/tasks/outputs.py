@@ -19,12 +19,10 @@ from medai.evaluation.calibration import fit_temperature
 from medai.evaluation.classification import compute_balanced_accuracy, compute_roc_auc
 from medai.evaluation.regression import compute_mae, compute_r2
 from medai.evaluation.thresholds import choose_threshold
-from medai.evaluation.uncertainty import predictive_entropy
 from medai.preprocess.plan import Plan, TaskKind
 from medai.training.tasks.base import Finalised, Validation
 
 __all__ = [
-    "case_uncertainty",
     "cross_fitted_decisions",
     "finalise_outputs",
     "learn_threshold",
@@ -84,21 +82,6 @@ def cross_fitted_decisions(
         keep = np.arange(len(truth)) != i
         out[i] = int(prob[i] >= learn_threshold(truth[keep], prob[keep], plan))
     return out
-
-
-def case_uncertainty(member_outputs: NDArray[np.floating], plan: Plan) -> NDArray[np.float64]:
-    """Per-case uncertainty from the task's outputs of several passes ``(M, N, …)``:
-    predictive entropy of the mean (classification; multi-label: mean over labels),
-    the spread (standard deviation) across passes in the target's units (regression)."""
-    outputs = np.asarray(member_outputs, dtype=np.float64)
-    if plan.task is TaskKind.REGRESSION:
-        return np.asarray(outputs.std(axis=0))
-    mean = outputs.mean(axis=0)
-    if plan.task is TaskKind.MULTILABEL:
-        return np.asarray(
-            np.mean([predictive_entropy(mean[:, k]) for k in range(mean.shape[1])], 0)
-        )
-    return predictive_entropy(mean)
 
 
 def _rates(truth: NDArray[np.integer], pred: NDArray[np.integer]) -> dict[str, float]:

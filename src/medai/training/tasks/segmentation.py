@@ -46,9 +46,6 @@ class SegmentationTask(Task):
     def load(self, paths: dict[str, Path], plan: Plan) -> list[CaseArrays]:
         return load_case_arrays(paths, plan.regions)
 
-    def out_channels(self, plan: Plan) -> int:
-        return len(plan.regions)
-
     def dataset(
         self, items: Sequence[Any], plan: TrainPlan, *, seed: int, length: int, full: Plan
     ) -> Dataset[dict[str, torch.Tensor]]:
