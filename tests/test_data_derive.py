@@ -136,7 +136,7 @@ def test_tumour_location_on_the_cohort_and_empty_labels(cohort: Dataset, tmp_pat
 
 
 def test_slice_targets_agree_with_the_masks(cohort: Dataset, slices: Dataset) -> None:
-    assert slices.classes == ["tumour", "no-tumour"]
+    assert slices.classes == ["no-tumour", "tumour"]
     assert slices.channels == ["FLAIR"]
     for parent in cohort.cases:
         kids = [c for c in slices.cases if c.clinical["parent_case"] == parent.case_id]

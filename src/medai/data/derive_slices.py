@@ -319,7 +319,7 @@ def slice_dataset(
             channels=[dataset.channels[index]],
             labels=dict(dataset.labels),
             regions={k: list(v) for k, v in dataset.regions.items()},
-            classes=[TUMOUR, NO_TUMOUR],
+            classes=[NO_TUMOUR, TUMOUR],  # the last class is the positive one,
             cases=[c for made in children.values() for c in made],
             splits=_slice_splits(dataset.splits, children),
         )

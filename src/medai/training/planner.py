@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from medai.data import TaskType
 from medai.networks import build_network, patch_multiple
-from medai.preprocess.cases import as_cohort
+from medai.preprocess.cases import SegCohort, as_cohort
 from medai.preprocess.fingerprint import Fingerprint, compute_fingerprint
 from medai.preprocess.plan import (
     Architecture,
@@ -30,6 +31,7 @@ from medai.preprocess.plan import (
     TrainPlan,
     apply_overrides,
 )
+from medai.training.tasks import as_dataset
 
 __all__ = [
     "CANDIDATES",
@@ -198,10 +200,11 @@ def make_plan(
     probe: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> Plan:
-    """Plan a segmentation run for a dataset on this device.
+    """Plan a run for a dataset on this device: segmentation here, classification and
+    regression datasets by :func:`~medai.training.planner_image.make_image_plan`.
 
     Args:
-        source: MSD folder, ``medai.data.Dataset`` or :class:`SegCohort`.
+        source: MSD folder, ``medai.data.Dataset`` (or its manifest) or :class:`SegCohort`.
         overrides: Plan fields to force (nested mapping, dotted keys, or
             ``"train.lr=1e-3"`` strings); applied last.
         epochs: Train for this many epochs (``time_budget_s`` then only caps).
@@ -214,6 +217,16 @@ def make_plan(
     Returns:
         A validated :class:`Plan`; ``plan.notes`` explains the choices.
     """
+    if not isinstance(source, SegCohort):
+        dataset = as_dataset(source)
+        if dataset.task is not TaskType.SEGMENTATION:
+            from medai.training.planner_image import make_image_plan
+
+            return make_image_plan(
+                dataset, overrides=overrides, epochs=epochs, time_budget_s=time_budget_s,
+                device=device, probe=probe, on_progress=on_progress,
+            )  # fmt: skip
+        source = dataset
     say = on_progress or (lambda _msg: None)
     cohort = as_cohort(source)
     ids = cohort.train_ids or [c.case_id for c in cohort.cases]

@@ -84,8 +84,11 @@ def _input(dataset: Dataset, ids: list[str], dev: torch.device) -> tuple[InputPl
     image = dataset.load_case_image(dataset.case(ids[0]))
     shape = image.array.shape[1:]
     if len(shape) == 2 or min(shape) == 1:
-        side = 128 if dev.type == "cuda" else 64
-        return InputPlan(spatial_dims=2, size=(side, side)), f"2D images → {side}² input"
+        cap = 224 if dev.type == "cuda" else 64
+        native = max(s for s in shape if s > 1)
+        side = int(min(cap, max(32, 16 * np.ceil(native / 16))))
+        note = f"2D images of {native} px → {side}² input (at most {cap} on this device)"
+        return InputPlan(spatial_dims=2, size=(side, side)), note
     side = 96 if dev.type == "cuda" else 48
     extents = []
     for i in ids[:8]:

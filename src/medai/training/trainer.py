@@ -300,7 +300,7 @@ class _Trainer:
             "elapsed_s": round(self.elapsed(), 2),
         }
         if result is not None:
-            prefix = f"val_{self.task.metric}_"
+            prefix = "_".join(filter(None, ("val", self.task.metric))) + "_"
             row.update({prefix + k: round(v, 4) for k, v in result.metrics.items()})
             row[prefix + self.task.score_name] = round(result.score, 4)
         st.history.append(row)
