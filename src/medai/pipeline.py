@@ -74,6 +74,14 @@ def predict_splits(
     return paths
 
 
+def _image_task(run: Path) -> bool:
+    """Whether the run predicts a label or number (its plan's task is not segmentation)."""
+    from medai.preprocess.plan import TaskKind, load_plan
+
+    path = run / "plan.yaml"
+    return path.is_file() and load_plan(path).task is not TaskKind.SEGMENTATION
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -93,6 +101,10 @@ def evaluate_run(
     reuse_predictions: bool = False,
 ) -> EvaluationResult:
     """Predict a split with a run's model, then score it (``report.html`` + ``metrics.json``).
+
+    A classification or regression run (its plan's task is not segmentation) goes to
+    :func:`medai.pipeline_image.evaluate_image_run`; the segmentation-only options
+    (tolerance, empty distance, worst cases, interval target, reuse) do not apply to it.
 
     Args:
         run_dir: Training run folder (``model.pt``, ``plan.yaml``, ``kpis.json`` ...).
@@ -125,6 +137,14 @@ def evaluate_run(
     """
     check_evaluation_options(split, n_resamples, tolerance_mm, n_worst)
     run = Path(run_dir)
+    if _image_task(run):
+        from medai.pipeline_image import evaluate_image_run
+
+        return evaluate_image_run(
+            run, split=split, out_dir=out_dir, dataset=dataset, n_resamples=n_resamples,
+            seed=seed, progress=progress, device=device, extra_sections=extra_sections,
+            min_subgroup_cases=min_subgroup_cases,
+        )  # fmt: skip
     data, data_path = resolve_run_dataset(run, dataset)
     loaded = load_run(run, device=device)
     splits = evaluation_splits(data, split)

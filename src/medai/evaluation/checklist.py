@@ -39,7 +39,8 @@ class RunFacts:
         patients: Case id → patient id.
         sites: Split name → site (or vendor) names seen in it; empty when the dataset
             has no site column.
-        ci_widths: Region → width of the 95 % interval of mean Dice on the internal test.
+        ci_widths: Region (or metric) → width of its 95 % interval on the internal test.
+        ci_metric: What ``ci_widths`` measure (mean Dice; ROC-AUC or R² for image runs).
         test_patients: Patients in the internal test set.
         labelled: ``(cases with a reference label, cases evaluated)``.
         label_source: What the manifest says about the reference labels.
@@ -47,6 +48,9 @@ class RunFacts:
         reader_data: Whether the dataset holds segmentations by human readers to compare.
         heatmaps: Where heatmaps of this run are ("" when none).
         heatmap_reason: Why there are none.
+        randomisation_checked: Whether the heatmaps passed through a parameter-randomisation
+            check (their dependence on the trained weights was measured).
+        uncertainty: What per-case uncertainty the report shows ("" when none).
         model_path: The model file.
         model_sha256: Its SHA-256.
         ci_width_target: Interval width regarded as precise enough.
@@ -56,6 +60,7 @@ class RunFacts:
     patients: Mapping[str, str]
     sites: Mapping[str, Sequence[str]] = field(default_factory=dict)
     ci_widths: Mapping[str, float] = field(default_factory=dict)
+    ci_metric: str = "mean Dice"
     test_patients: int = 0
     labelled: tuple[int, int] = (0, 0)
     label_source: str = ""
@@ -63,6 +68,8 @@ class RunFacts:
     reader_data: bool = False
     heatmaps: str = ""
     heatmap_reason: str = ""
+    randomisation_checked: bool = False
+    uncertainty: str = ""
     model_path: Path | None = None
     model_sha256: str = ""
     ci_width_target: float = 0.1
@@ -127,7 +134,7 @@ def _sizes(facts: RunFacts) -> ChecklistItem:
     widest = facts.ci_widths[widest_region]
     target = facts.ci_width_target
     text = (
-        f"internal test: {facts.test_patients} patients; widest 95 % CI of mean Dice "
+        f"internal test: {facts.test_patients} patients; widest 95 % CI of {facts.ci_metric} "
         f"{widest:.3f} ({widest_region}); target width {target:g}"
     )
     if widest <= target:
@@ -175,14 +182,25 @@ def _experts(facts: RunFacts) -> ChecklistItem:
 
 
 def _decides(facts: RunFacts) -> ChecklistItem:
+    if facts.heatmaps and facts.randomisation_checked:
+        how = f"heatmaps: {facts.heatmaps}, with a parameter-randomisation check"
+        return ChecklistItem(CHECKLIST_QUESTIONS[7], Answer.YES, how)
+    if facts.uncertainty:
+        also = (
+            f"; heatmaps {facts.heatmaps} without a randomisation check" if facts.heatmaps else ""
+        )
+        return ChecklistItem(CHECKLIST_QUESTIONS[7], Answer.YES, facts.uncertainty + also)
     if facts.heatmaps:
-        return ChecklistItem(CHECKLIST_QUESTIONS[7], Answer.YES, f"heatmaps: {facts.heatmaps}")
+        return ChecklistItem(
+            CHECKLIST_QUESTIONS[7],
+            Answer.PARTLY,
+            f"heatmaps: {facts.heatmaps}; "
+            "no parameter-randomisation check shows they depend on the model",
+        )
     reason = facts.heatmap_reason or "no heatmaps were produced for this run"
-    return ChecklistItem(
-        CHECKLIST_QUESTIONS[7],
-        Answer.NO,
-        f"{reason}; the worst-case overlays show where predictions and references differ",
-    )
+    if facts.ci_metric == "mean Dice":  # a segmentation report shows its worst cases
+        reason += "; the worst-case overlays show where predictions and references differ"
+    return ChecklistItem(CHECKLIST_QUESTIONS[7], Answer.NO, reason)
 
 
 def _model(facts: RunFacts) -> ChecklistItem:
