@@ -11,6 +11,7 @@ from medai.cli.data_cmd import data_app
 from medai.cli.deid_cmd import deid
 from medai.cli.demo import demo
 from medai.cli.eval_cmd import evaluate_cmd
+from medai.cli.explain_cmd import explain_cmd
 from medai.cli.io_cmd import io_app
 from medai.cli.radiomics_cmd import radiomics_app
 from medai.cli.seg_cmd import register_seg_commands
@@ -32,6 +33,7 @@ register_seg_commands(app)
 app.command("export")(export_cmd)
 app.command("predict")(predict_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("explain")(explain_cmd)
 
 
 @app.callback()

@@ -107,6 +107,7 @@ def randomisation_check(
     class_index: int | None = None,
     seed: int = 0,
     max_layers: int | None = None,
+    target_layer: str | None = None,
 ) -> list[LayerCheck]:
     """Cascading parameter randomisation, from the output layer towards the input.
 
@@ -123,6 +124,7 @@ def randomisation_check(
         class_index: Class to explain; ``None`` = each image's predicted class.
         seed: Seed of the re-initialisation.
         max_layers: Stop after this many layers (``None`` = all of them).
+        target_layer: The CAM methods' layer; ``None`` = the network's default.
 
     Returns:
         One :class:`LayerCheck` per step, output layer first.
@@ -134,10 +136,10 @@ def randomisation_check(
         raise ValueError("images is empty; give at least one image to compare maps on")
     if max_layers is not None and max_layers < 1:
         raise ValueError(f"max_layers must be >= 1 or None; got {max_layers}")
-    trained = _Explainer(net, method=method, target_layer=None, occlusion_mask_size=None)
+    trained = _Explainer(net, method=method, target_layer=target_layer, occlusion_mask_size=None)
     classes = [trained.predicted_class(image, class_index) for image in images]
     reference = [trained(image, class_index=c) for image, c in zip(images, classes, strict=True)]
-    randomised = _Explainer(net, method=method, target_layer=None, occlusion_mask_size=None)
+    randomised = _Explainer(net, method=method, target_layer=target_layer, occlusion_mask_size=None)
     layers = _layers_output_first(randomised.model, images[0])
     if max_layers is not None:
         layers = layers[:max_layers]

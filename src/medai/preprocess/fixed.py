@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +36,13 @@ from scipy import ndimage
 from medai.errors import ConfigError, DatasetError, validation_summary
 from medai.fsutil import atomic_path
 from medai.image import ScalarImage
-from medai.preprocess.steps import crop, foreground_bbox, reorient_to_ras, resample_to_spacing
+from medai.preprocess.steps import (
+    BBox,
+    crop,
+    foreground_bbox,
+    reorient_to_ras,
+    resample_to_spacing,
+)
 
 if TYPE_CHECKING:
     from medai.data import Case, Dataset
@@ -134,18 +140,39 @@ def fixed_input(
     return _fixed_array(image, settings, channels=channels)
 
 
+class _Steps(NamedTuple):
+    """Steps 1–4 of :func:`fixed_input` on one image, and what each did."""
+
+    image: ScalarImage  # after shrinking: the image step 5 centres in ``size``
+    reoriented: bool
+    resampled: ScalarImage  # after step 2: the grid ``box`` indexes
+    box: BBox | None
+    factor: float
+
+
+def _steps(image: ScalarImage, settings: FixedInput) -> _Steps:
+    img = reorient_to_ras(image) if settings.spatial_dims == 3 else image
+    reoriented = img is not image
+    if settings.spacing is not None:
+        img = resample_to_spacing(img, _spacing3(img, settings.spacing))
+    resampled, box = img, None
+    if settings.crop_to_foreground:
+        box = foreground_bbox(img)
+        img = crop(img, box)
+    factor = _shrink_factor(img, _size3(settings.size))
+    return _Steps(_shrink_to_fit(img, _size3(settings.size)), reoriented, resampled, box, factor)
+
+
 def _fixed_array(
     image: ScalarImage, settings: FixedInput, *, channels: int | None
 ) -> NDArray[np.float32]:
     _check_image(image, settings.spatial_dims, channels)
-    img = reorient_to_ras(image) if settings.spatial_dims == 3 else image
-    if settings.spacing is not None:
-        img = resample_to_spacing(img, _spacing3(img, settings.spacing))
-    if settings.crop_to_foreground:
-        img = crop(img, foreground_bbox(img))
-    size3 = _size3(settings.size)
-    img = _shrink_to_fit(img, size3)
-    fitted, inside = _centre_fit(img, size3)
+    return _finish(_steps(image, settings).image, settings)
+
+
+def _finish(img: ScalarImage, settings: FixedInput) -> NDArray[np.float32]:
+    """Steps 5 and 6: centre in ``size``, normalise; 2D drops the slice axis."""
+    fitted, inside = _centre_fit(img, _size3(settings.size))
     if settings.normalise is FixedNormalisation.ZSCORE:
         mask = np.any(fitted != 0, axis=0) if settings.crop_to_foreground else inside
         fitted = _zscore(fitted, mask)
@@ -195,10 +222,15 @@ def _size3(size: tuple[int, ...]) -> tuple[int, int, int]:
     return (size[0], size[1], size[2] if len(size) == 3 else 1)
 
 
+def _shrink_factor(image: ScalarImage, size3: tuple[int, int, int]) -> float:
+    """How many times larger than ``size3`` the image is along its tightest axis."""
+    return max(n / s for n, s in zip(image.shape, size3, strict=True))
+
+
 def _shrink_to_fit(image: ScalarImage, size3: tuple[int, int, int]) -> ScalarImage:
     """Resample down by one factor on every axis (z too only in 3D) when ``image`` is
     larger than ``size3`` somewhere; Gaussian-smoothed first against aliasing."""
-    factor = max(n / s for n, s in zip(image.shape, size3, strict=True))
+    factor = _shrink_factor(image, size3)
     if factor <= 1.0:
         return image
     scaled = [factor if s > 1 or n > 1 else 1.0 for n, s in zip(image.shape, size3, strict=True)]
@@ -208,6 +240,12 @@ def _shrink_to_fit(image: ScalarImage, size3: tuple[int, int, int]) -> ScalarIma
     return resample_to_spacing(image.with_array(smooth), (spacing[0], spacing[1], spacing[2]))
 
 
+def _centre_offsets(shape: tuple[int, ...], size3: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """Per axis: the first voxel of ``shape`` kept (centre crop) and where it goes in
+    ``size3`` (centre pad)."""
+    return [(max(0, (n - s) // 2), max(0, (s - n) // 2)) for n, s in zip(shape, size3, strict=True)]
+
+
 def _centre_fit(
     image: ScalarImage, size3: tuple[int, int, int]
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -215,8 +253,8 @@ def _centre_fit(
     out = np.zeros((image.num_channels, *size3), dtype=np.float32)
     inside = np.zeros(size3, dtype=bool)
     src, dst = [], []
-    for n, s in zip(image.shape, size3, strict=True):
-        lo, before = max(0, (n - s) // 2), max(0, (s - n) // 2)
+    offsets = _centre_offsets(image.shape, size3)
+    for (lo, before), n, s in zip(offsets, image.shape, size3, strict=True):
         span = min(n, s)
         src.append(slice(lo, lo + span))
         dst.append(slice(before, before + span))
