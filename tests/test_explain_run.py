@@ -261,3 +261,34 @@ def _other_grid_mask(tmp_path: Path) -> Path:
     path = tmp_path / "other_mask.nii.gz"
     write_nifti(LabelMap(np.ones((8, 8, 8), np.uint8)), path)
     return path
+
+
+def test_a_multiclass_run_explains_each_input_s_top_class(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plan = Plan(
+        task=TaskKind.MULTICLASS,
+        classes=["a", "b", "c"],
+        network=NetworkPlan(architecture=Architecture.RESNET18, width=0.25),
+        input=InputPlan(spatial_dims=2, size=(32, 32)),
+        target=TargetPlan(uncertainty=UncertaintyMethod.NONE),
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    state = build_plan_network(plan).state_dict()
+    torch.save({"plan": plan.model_dump(mode="json"), "model": state}, run / "model.pt")
+    rng = np.random.default_rng(1)
+    files = []
+    for k in range(2):
+        data = np.zeros((28, 28, 1), np.float32)
+        data[4:24, 6:22] = rng.uniform(10, 20, (20, 16, 1))
+        files.append(write_nifti(ScalarImage(data), tmp_path / f"img{k}.nii.gz"))
+    result = explain_run(run, files, out_dir=tmp_path / "out", max_layers=1)
+    data = json.loads(result.json_path.read_text(encoding="utf-8"))
+    assert "pointing_game" not in data  # no masks
+    assert len(data["randomisation"]) == 1
+    for entry in result.inputs:
+        assert entry.explained in plan.classes
+        assert entry.predicted  # the top class is the decision
+        assert entry.reference is None
+        assert 1 / 3 <= entry.output <= 1.0
+        assert read_image(entry.heatmap).shape == (28, 28, 1)
