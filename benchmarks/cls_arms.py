@@ -34,8 +34,9 @@ from numpy.typing import NDArray
 from medai.data import Dataset
 from medai.evaluation.classification import compute_roc_auc
 from medai.evaluation.thresholds import choose_threshold
-from medai.preprocess.fixed import FixedInput, preprocess_fixed
+from medai.preprocess.fixed import preprocess_fixed
 from medai.preprocess.plan import Plan, apply_overrides
+from medai.preprocess.task_plan import InputPlan
 
 ARMS = ("medai", "monai")
 F32 = NDArray[np.float32]
@@ -58,8 +59,8 @@ def input_plan(dataset: Dataset, budget_s: float) -> Plan:
     return make_image_plan(dataset, time_budget_s=budget_s, device="cpu", probe=False)
 
 
-def fixed_settings(plan: Plan) -> FixedInput:
-    return FixedInput(**plan.input.model_dump())
+def fixed_settings(plan: Plan) -> InputPlan:
+    return plan.input
 
 
 def split_cases(dataset: Dataset) -> dict[str, list[Any]]:
@@ -163,7 +164,7 @@ def run_medai(
 
 
 # -- plain MONAI ------------------------------------------------------------------------------
-def _arrays(dataset: Dataset, cases: list[Any], settings: FixedInput, cache: Path) -> F32:
+def _arrays(dataset: Dataset, cases: list[Any], settings: InputPlan, cache: Path) -> F32:
     paths = preprocess_fixed(cases, dataset=dataset, settings=settings, cache_dir=cache)
     return np.stack([np.load(paths[c.case_id]) for c in cases]).astype(np.float32)
 

@@ -10,20 +10,21 @@ import torch
 from torch import nn
 
 from medai.classifiers import (
-    ClassifierArchitecture,
+    CLASSIFIERS,
     DropoutLinear,
     build_classifier,
     classifier_head,
 )
 from medai.errors import ConfigError
+from medai.preprocess.plan import Architecture
 
-ARCHS = list(ClassifierArchitecture)
+ARCHS = list(CLASSIFIERS)
 #: Where MONAI keeps each architecture's final linear layer.
 HEAD_NAMES = {
-    ClassifierArchitecture.DENSENET121: "class_layers.out",
-    ClassifierArchitecture.RESNET18: "fc",
-    ClassifierArchitecture.RESNET50: "fc",
-    ClassifierArchitecture.EFFICIENTNET_B0: "_fc",
+    Architecture.DENSENET121: "class_layers.out",
+    Architecture.RESNET18: "fc",
+    Architecture.RESNET50: "fc",
+    Architecture.EFFICIENTNET_B0: "_fc",
 }
 
 
@@ -46,9 +47,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("no_download")
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_each_architecture_builds_and_gives_batch_by_classes(
-    arch: ClassifierArchitecture, dims: int
-) -> None:
+def test_each_architecture_builds_and_gives_batch_by_classes(arch: Architecture, dims: int) -> None:
     net = _net(arch.value, spatial_dims=dims, in_channels=2, out_channels=4).eval()
     with torch.no_grad():
         logits = net(torch.randn(2, 2, *([32] * dims)))
@@ -132,7 +131,7 @@ def test_missing_or_foreign_weights_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_mc_dropout_samples_differ_only_with_dropout(arch: ClassifierArchitecture) -> None:
+def test_mc_dropout_samples_differ_only_with_dropout(arch: Architecture) -> None:
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         stochastic = _net(arch.value, dropout=0.5).train()

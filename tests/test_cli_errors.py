@@ -60,7 +60,8 @@ def test_plan_yaml_with_a_bad_value_names_field_and_choices(msd: Path, tmp_path:
     bad.write_text("train:\n  loss: focal\nnetwork:\n  architecture: resnet\n", "utf-8")
     line = _error_line(["preprocess", str(msd), "--plan", str(bad)])
     assert "train.loss: Input should be 'dice_ce' or 'dice_focal' (got 'focal')" in line
-    assert "network.architecture: Input should be 'unet', 'basicunet', 'dynunet' or" in line
+    assert "network.architecture: Input should be 'unet', 'basicunet', 'dynunet', " in line
+    assert "'resnet18', 'resnet50' or 'efficientnet-b0' (got 'resnet')" in line
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from medai.image import ScalarImage
-from medai.preprocess.fixed import FixedInput, FixedNormalisation, fixed_input
+from medai.preprocess.fixed import fixed_input
 from medai.preprocess.fixed_geometry import (
     fixed_geometry,
     fixed_input_with_geometry,
     to_input_grid,
 )
+from medai.preprocess.task_plan import FixedNormalisation, InputPlan
 
 
 def _head_with_blob(
@@ -34,7 +35,7 @@ def test_exact_steps_round_trip_exactly_on_an_lps_grid() -> None:
     data = _head_with_blob((30, 26, 12), (slice(4, 20), slice(6, 22), slice(2, 10)), (10, 9, 5))
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])  # L, P, S: reorientation flips x and y
     image = ScalarImage(data, affine)
-    settings = FixedInput(spatial_dims=3, size=(24, 24, 16), normalise=FixedNormalisation.NONE)
+    settings = InputPlan(spatial_dims=3, size=(24, 24, 16), normalise=FixedNormalisation.NONE)
     array, geometry = fixed_input_with_geometry(image, settings)
     np.testing.assert_array_equal(array, fixed_input(image, **settings.model_dump()))
     assert geometry.reoriented
@@ -51,7 +52,7 @@ def test_a_blob_lands_where_it_was_after_resampling_and_shrinking() -> None:
     affine = np.diag([1.0, 1.2, 2.5, 1.0])
     affine[:3, 3] = [-20.0, 15.0, 4.0]
     image = ScalarImage(data, affine)
-    settings = FixedInput(spatial_dims=3, spacing=(1.5, 1.5, 1.5), size=(16, 16, 16))
+    settings = InputPlan(spatial_dims=3, spacing=(1.5, 1.5, 1.5), size=(16, 16, 16))
     array, geometry = fixed_input_with_geometry(image, settings)
     assert geometry.zoom > 1.0
     assert geometry.spacing == pytest.approx((1.5, 1.5, 1.5), abs=0.01)
@@ -69,7 +70,7 @@ def test_outside_the_network_field_of_view_is_zero() -> None:
         (60, 60, 30), (slice(24, 34), slice(25, 35), slice(10, 18)), (28, 30, 14)
     )
     image = ScalarImage(data)
-    geometry = fixed_geometry(image, FixedInput(spatial_dims=3, size=(16, 16, 16)))
+    geometry = fixed_geometry(image, InputPlan(spatial_dims=3, size=(16, 16, 16)))
     back = to_input_grid(np.ones((16, 16, 16), dtype=np.float32), geometry)
     box = geometry.crop_box
     assert box == ((24, 34), (25, 35), (10, 18))
@@ -83,7 +84,7 @@ def test_outside_the_network_field_of_view_is_zero() -> None:
 def test_2d_round_trip_keeps_the_slice_and_refuses_other_shapes() -> None:
     data = _head_with_blob((40, 30, 3), (slice(5, 35), slice(4, 28), slice(0, 3)), (12, 20, 1))
     image = ScalarImage(data[..., 1:2], np.diag([0.8, 0.8, 5.0, 1.0]))
-    settings = FixedInput(spatial_dims=2, size=(16, 16))
+    settings = InputPlan(spatial_dims=2, size=(16, 16))
     array, geometry = fixed_input_with_geometry(image, settings, channels=1)
     assert array.shape == (1, 16, 16)
     assert geometry.network_shape == (16, 16)

@@ -12,8 +12,9 @@ from medai.data import Case, Dataset, TaskType
 from medai.errors import ConfigError, DatasetError
 from medai.image import ScalarImage
 from medai.io import read_image, write_nifti, write_png
-from medai.preprocess.fixed import FixedInput, fixed_input, preprocess_fixed
+from medai.preprocess.fixed import fixed_input, preprocess_fixed
 from medai.preprocess.steps import zscore_in_mask
+from medai.preprocess.task_plan import InputPlan
 
 RNG = np.random.default_rng(0)
 
@@ -125,7 +126,7 @@ def test_bad_images_are_refused_naming_the_case(
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ConfigError, match="size must be 2 positive integers"):
+    with pytest.raises(ConfigError, match=r"input.size \(4, 4, 4\) must give 2 positive sides"):
         fixed_input(ScalarImage(np.ones((4, 4))), spatial_dims=2, spacing=None, size=(4, 4, 4))
     with pytest.raises(ConfigError, match="normalise"):
         fixed_input(
@@ -152,7 +153,7 @@ def test_cache_hits_until_a_file_or_the_settings_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ds = _dataset(tmp_path)
-    settings = FixedInput(spatial_dims=3, size=(10, 10, 10))
+    settings = InputPlan(spatial_dims=3, size=(10, 10, 10))
     seen: list[tuple[int, int]] = []
     first = preprocess_fixed(
         ds.cases,
@@ -185,7 +186,7 @@ def test_cache_hits_until_a_file_or_the_settings_change(
     assert again["c1"] != first["c1"]
     assert not np.array_equal(np.load(again["c1"]), np.load(first["c1"]))
 
-    other = FixedInput(spatial_dims=3, size=(12, 12, 12))
+    other = InputPlan(spatial_dims=3, size=(12, 12, 12))
     third = preprocess_fixed(ds.cases, dataset=ds, settings=other, cache_dir=tmp_path / "cache")
     assert loads == ["c1", "c0", "c1"]
     assert np.load(third["c0"]).shape == (1, 12, 12, 12)
@@ -197,7 +198,7 @@ def test_a_nan_case_stops_with_its_id_and_writes_nothing(tmp_path: Path) -> None
     data = _volume((slice(2, 10),) * 3, (12, 12, 12))
     data[5, 5, 5] = np.nan
     write_nifti(ScalarImage(data), ds.cases[1].image)  # type: ignore[arg-type]
-    settings = FixedInput(spatial_dims=3, size=(10, 10, 10))
+    settings = InputPlan(spatial_dims=3, size=(10, 10, 10))
     with pytest.raises(DatasetError, match="case 'c1': image holds 1 NaN"):
         preprocess_fixed(ds.cases[1:], dataset=ds, settings=settings, cache_dir=tmp_path / "c")
     assert not list((tmp_path / "c").iterdir())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,10 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from medai.errors import ConfigError
+from medai.preprocess.plan import Architecture
 
 __all__ = [
-    "ClassifierArchitecture",
+    "CLASSIFIERS",
     "DropoutLinear",
     "build_classifier",
     "classifier_head",
@@ -53,13 +53,8 @@ _EFFICIENTNET_B0_BLOCKS = [
 ]
 
 
-class ClassifierArchitecture(StrEnum):
-    """The MONAI classification networks :func:`build_classifier` can build."""
-
-    DENSENET121 = "densenet121"
-    RESNET18 = "resnet18"
-    RESNET50 = "resnet50"
-    EFFICIENTNET_B0 = "efficientnet-b0"
+#: The plan's architectures this module builds (the others segment).
+CLASSIFIERS: tuple[Architecture, ...] = tuple(a for a in Architecture if not a.is_segmentation)
 
 
 class DropoutLinear(nn.Linear):
@@ -102,7 +97,7 @@ def classifier_head(net: nn.Module) -> nn.Linear:
 
 
 def build_classifier(
-    architecture: ClassifierArchitecture | str,
+    architecture: Architecture | str,
     *,
     spatial_dims: int,
     in_channels: int,
@@ -114,7 +109,7 @@ def build_classifier(
     """A MONAI classification network returning ``(batch, out_channels)`` logits.
 
     Args:
-        architecture: One of :class:`ClassifierArchitecture` (or its value).
+        architecture: A classifier :class:`~medai.preprocess.plan.Architecture` (or its value).
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: Image channels.
         out_channels: Logits (classes, or 1 for a binary or regression output).
@@ -147,16 +142,19 @@ def build_classifier(
     return net
 
 
-def _architecture(value: ClassifierArchitecture | str) -> ClassifierArchitecture:
+def _architecture(value: Architecture | str) -> Architecture:
     try:
-        return ClassifierArchitecture(value)
+        arch = Architecture(value)
     except ValueError:
-        choices = ", ".join(a.value for a in ClassifierArchitecture)
+        arch = None
+    if arch not in CLASSIFIERS:
+        choices = ", ".join(a.value for a in CLASSIFIERS)
         raise ValueError(f"architecture must be one of {choices}; got {value!r}") from None
+    return arch
 
 
 def _monai_classifier(
-    arch: ClassifierArchitecture,
+    arch: Architecture,
     spatial_dims: int,
     in_channels: int,
     out_channels: int,
@@ -164,7 +162,7 @@ def _monai_classifier(
 ) -> nn.Module:
     from monai.networks import nets
 
-    if arch is ClassifierArchitecture.DENSENET121:
+    if arch is Architecture.DENSENET121:
         return nets.DenseNet121(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -172,8 +170,8 @@ def _monai_classifier(
             init_features=max(2, round(64 * width)),
             growth_rate=max(2, round(32 * width)),
         )
-    if arch in (ClassifierArchitecture.RESNET18, ClassifierArchitecture.RESNET50):
-        build = nets.resnet18 if arch is ClassifierArchitecture.RESNET18 else nets.resnet50
+    if arch in (Architecture.RESNET18, Architecture.RESNET50):
+        build = nets.resnet18 if arch is Architecture.RESNET18 else nets.resnet50
         return build(
             pretrained=False,
             spatial_dims=spatial_dims,

@@ -38,7 +38,7 @@ from medai.evaluation.run_report import (
 from medai.fsutil import atomic_write_text
 from medai.inference.classify import ImagePrediction, predict_images
 from medai.inference.predict import LoadedRun, load_run
-from medai.preprocess.fixed import FixedInput, preprocess_fixed
+from medai.preprocess.fixed import preprocess_fixed
 from medai.preprocess.plan import Plan, TaskKind
 from medai.training.tasks.classification import encode_target
 
@@ -85,7 +85,7 @@ def predict_image_splits(
 ) -> dict[str, Path]:
     """Predict every case of ``splits``; returns split → its ``.csv`` table."""
     plan = run.plan
-    settings = FixedInput(**plan.input.model_dump())
+    settings = plan.input
     out: dict[str, Path] = {}
     for split, cases in splits.items():
         paths = preprocess_fixed(

@@ -50,7 +50,6 @@ from medai.explain.writers import best_slice, write_heatmap_nifti, write_overlay
 from medai.fsutil import atomic_write_text
 from medai.inference.classify import ImagePrediction, predict_images
 from medai.inference.predict import LoadedRun, load_run
-from medai.preprocess.fixed import FixedInput
 from medai.preprocess.fixed_geometry import fixed_input_with_geometry, to_input_grid
 from medai.preprocess.plan import TaskKind
 
@@ -213,7 +212,7 @@ def _explain_all(
 ) -> _Made:
     """Map, write and score each input, one at a time (only 8 network inputs are kept)."""
     method, layer = how
-    settings = FixedInput(**run.plan.input.model_dump())
+    settings = run.plan.input
     made, names = _Made(method), set[str]()
     explainer: _Explainer | None = None
     for i, item in enumerate(items, start=1):

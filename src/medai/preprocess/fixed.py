@@ -14,23 +14,21 @@
    voxel of the image and only the padding stays 0.
 
 :func:`preprocess_fixed` runs it over a dataset's cases and caches one ``.npy`` per case,
-keyed by the :class:`FixedInput` digest and each image file's path, size and mtime.
+keyed by the :class:`InputPlan` digest and each image file's path, size and mtime.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError
 from scipy import ndimage
 
 from medai.errors import ConfigError, DatasetError, validation_summary
@@ -43,63 +41,19 @@ from medai.preprocess.steps import (
     reorient_to_ras,
     resample_to_spacing,
 )
+from medai.preprocess.task_plan import FixedNormalisation, InputPlan
 
 if TYPE_CHECKING:
     from medai.data import Case, Dataset
 
-__all__ = ["FixedInput", "FixedNormalisation", "fixed_input", "preprocess_fixed"]
+__all__ = ["FixedNormalisation", "InputPlan", "fixed_input", "preprocess_fixed"]
 
 log = logging.getLogger(__name__)
 
 
-class FixedNormalisation(StrEnum):
-    """Intensity normalisation of a fixed-size input."""
-
-    ZSCORE = "zscore"
-    NONE = "none"
-
-
-class FixedInput(BaseModel):
-    """How an image becomes a fixed-size network input (the same at training and inference).
-
-    Args:
-        spatial_dims: 2 (one-slice images) or 3 (volumes).
-        spacing: Target voxel size in mm, one value per spatial axis; ``None`` keeps it.
-        size: Output spatial shape, one value per spatial axis.
-        crop_to_foreground: Crop to the non-zero voxels' box before fitting to ``size``.
-        normalise: ``zscore`` (per channel, over the foreground) or ``none``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    spatial_dims: int = 3
-    spacing: tuple[float, ...] | None = None
-    size: tuple[int, ...] = (64, 64, 64)
-    crop_to_foreground: bool = True
-    normalise: FixedNormalisation = FixedNormalisation.ZSCORE
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FixedInput:
-        dims = self.spatial_dims
-        if dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3; got {dims}")
-        if len(self.size) != dims or min(self.size) < 1:
-            raise ValueError(f"size must be {dims} positive integers; got {self.size}")
-        if self.spacing is not None and (len(self.spacing) != dims or min(self.spacing) <= 0):
-            raise ValueError(
-                f"spacing must be {dims} positive millimetre values or None; got {self.spacing}"
-            )
-        return self
-
-    def digest(self) -> str:
-        """Short hash of these settings: the cache key's settings part."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _settings(**values: Any) -> FixedInput:
+def _settings(**values: Any) -> InputPlan:
     try:
-        return FixedInput(**values)
+        return InputPlan(**values)
     except ValidationError as exc:
         raise ConfigError(f"invalid fixed-input settings: {validation_summary(exc)}") from exc
 
@@ -150,7 +104,7 @@ class _Steps(NamedTuple):
     factor: float
 
 
-def _steps(image: ScalarImage, settings: FixedInput) -> _Steps:
+def _steps(image: ScalarImage, settings: InputPlan) -> _Steps:
     img = reorient_to_ras(image) if settings.spatial_dims == 3 else image
     reoriented = img is not image
     if settings.spacing is not None:
@@ -164,13 +118,13 @@ def _steps(image: ScalarImage, settings: FixedInput) -> _Steps:
 
 
 def _fixed_array(
-    image: ScalarImage, settings: FixedInput, *, channels: int | None
+    image: ScalarImage, settings: InputPlan, *, channels: int | None
 ) -> NDArray[np.float32]:
     _check_image(image, settings.spatial_dims, channels)
     return _finish(_steps(image, settings).image, settings)
 
 
-def _finish(img: ScalarImage, settings: FixedInput) -> NDArray[np.float32]:
+def _finish(img: ScalarImage, settings: InputPlan) -> NDArray[np.float32]:
     """Steps 5 and 6: centre in ``size``, normalise; 2D drops the slice axis."""
     fitted, inside = _centre_fit(img, _size3(settings.size))
     if settings.normalise is FixedNormalisation.ZSCORE:
@@ -293,7 +247,7 @@ def _file_stamp(case: Case, path: Path) -> str:
     return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _cache_path(cache_dir: Path, dataset: Dataset, case: Case, settings: FixedInput) -> Path:
+def _cache_path(cache_dir: Path, dataset: Dataset, case: Case, settings: InputPlan) -> Path:
     stamps = [_file_stamp(case, p) for p in _image_files(dataset, case)]
     text = "|".join([case.case_id, settings.digest(), ",".join(dataset.channels), *stamps])
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -305,7 +259,7 @@ def preprocess_fixed(
     cases: Sequence[Case],
     *,
     dataset: Dataset,
-    settings: FixedInput,
+    settings: InputPlan,
     cache_dir: str | Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Path]:

@@ -7,7 +7,7 @@ mm), and :func:`to_input_grid` resamples an array on the network's grid (a salie
 map, say) back onto the input image's voxel grid.
 
 Example:
-    >>> settings = FixedInput(spatial_dims=3, size=(32, 32, 32))  # doctest: +SKIP
+    >>> settings = InputPlan(spatial_dims=3, size=(32, 32, 32))  # doctest: +SKIP
     >>> array, geometry = fixed_input_with_geometry(image, settings)  # doctest: +SKIP
     >>> heat = to_input_grid(map_on_network_grid, geometry)  # doctest: +SKIP
     >>> heat.shape == image.shape  # doctest: +SKIP
@@ -24,7 +24,6 @@ from scipy import ndimage
 
 from medai.image import ScalarImage
 from medai.preprocess.fixed import (
-    FixedInput,
     _centre_offsets,
     _check_image,
     _finish,
@@ -33,6 +32,7 @@ from medai.preprocess.fixed import (
     _steps,
 )
 from medai.preprocess.steps import BBox
+from medai.preprocess.task_plan import InputPlan
 
 __all__ = ["FixedGeometry", "fixed_geometry", "fixed_input_with_geometry", "to_input_grid"]
 
@@ -72,13 +72,13 @@ class FixedGeometry:
 
 
 def fixed_input_with_geometry(
-    image: ScalarImage, settings: FixedInput, *, channels: int | None = None
+    image: ScalarImage, settings: InputPlan, *, channels: int | None = None
 ) -> tuple[NDArray[np.float32], FixedGeometry]:
     """:func:`~medai.preprocess.fixed.fixed_input` and its geometry, in one pass.
 
     Args:
         image: The image (its geometry is recorded).
-        settings: The fixed-input settings (e.g. ``FixedInput(**plan.input.model_dump())``).
+        settings: The fixed-input settings (e.g. ``plan.input``).
         channels: The channel count the image must have (``None``: any).
 
     Returns:
@@ -88,20 +88,20 @@ def fixed_input_with_geometry(
     Raises:
         DatasetError: If :func:`~medai.preprocess.fixed.fixed_input` refuses the image.
     """
-    if not isinstance(settings, FixedInput):
-        raise TypeError(f"settings must be a FixedInput; got {type(settings).__name__}")
+    if not isinstance(settings, InputPlan):
+        raise TypeError(f"settings must be a InputPlan; got {type(settings).__name__}")
     _check_image(image, settings.spatial_dims, channels)
     steps = _steps(image, settings)
     return _finish(steps.image, settings), _geometry(image, settings, steps)
 
 
-def fixed_geometry(image: ScalarImage, settings: FixedInput) -> FixedGeometry:
+def fixed_geometry(image: ScalarImage, settings: InputPlan) -> FixedGeometry:
     """The :class:`FixedGeometry` of ``image`` under ``settings`` (see
     :func:`fixed_input_with_geometry`, which also returns the network input)."""
     return fixed_input_with_geometry(image, settings)[1]
 
 
-def _geometry(image: ScalarImage, settings: FixedInput, steps: _Steps) -> FixedGeometry:
+def _geometry(image: ScalarImage, settings: InputPlan, steps: _Steps) -> FixedGeometry:
     size3 = _size3(settings.size)
     offsets = _centre_offsets(steps.image.shape, size3)
     pad = tuple(before - lo for lo, before in offsets)

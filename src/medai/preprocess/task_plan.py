@@ -9,11 +9,14 @@ uncertainty above which a case goes to a person. Nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "FixedNormalisation",
     "Imbalance",
     "InputPlan",
     "TargetPlan",
@@ -67,8 +70,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class FixedNormalisation(StrEnum):
+    """Intensity normalisation of a fixed-size input."""
+
+    ZSCORE = "zscore"  # per channel over the foreground
+    NONE = "none"
+
+
 class InputPlan(_Strict):
-    """The fixed-size network input of an image → label or number run."""
+    """The fixed-size network input of an image → label or number run (the steps:
+    :mod:`medai.preprocess.fixed`)."""
 
     spatial_dims: int = Field(default=3, ge=2, le=3)
     size: tuple[int, ...] = (64, 64, 64)
@@ -76,13 +87,12 @@ class InputPlan(_Strict):
         default=None, description="resample to this (mm) first; None keeps the image's grid"
     )
     crop_to_foreground: bool = True
+    normalise: FixedNormalisation = FixedNormalisation.ZSCORE
 
     @model_validator(mode="after")
     def _dims(self) -> InputPlan:
-        if len(self.size) != self.spatial_dims or min(self.size) < 8:
-            raise ValueError(
-                f"input.size {self.size} must give {self.spatial_dims} sides of at least 8"
-            )
+        if len(self.size) != self.spatial_dims or min(self.size) < 1:
+            raise ValueError(f"input.size {self.size} must give {self.spatial_dims} positive sides")
         if self.spacing is not None and (
             len(self.spacing) != self.spatial_dims or min(self.spacing) <= 0
         ):
@@ -90,6 +100,11 @@ class InputPlan(_Strict):
                 f"input.spacing {self.spacing} must give {self.spatial_dims} positive millimetres"
             )
         return self
+
+    def digest(self) -> str:
+        """Short hash of these settings: the cache key's settings part."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class TargetPlan(_Strict):

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 from medai.data import Dataset
 from medai.errors import DatasetError
 from medai.evaluation.uncertainty import fit_review_threshold
-from medai.preprocess.fixed import FixedInput, preprocess_fixed
+from medai.preprocess.fixed import preprocess_fixed
 from medai.preprocess.plan import Imbalance, Plan, TaskKind, TrainPlan, UncertaintyMethod
 from medai.training.data import sample_seed
 from medai.training.tasks.base import Finalised, Task, Validation
@@ -184,7 +184,7 @@ class ImageTask(Task):
 
     def preprocess(self, ids: list[str], plan: Plan, cache: Path) -> dict[str, Path]:
         cases = [self.data.case(i) for i in ids]
-        settings = FixedInput(**plan.input.model_dump())
+        settings = plan.input
         return preprocess_fixed(cases, dataset=self.data, settings=settings, cache_dir=cache)
 
     def load(self, paths: dict[str, Path], plan: Plan) -> list[TargetCase]:
