@@ -157,7 +157,8 @@ def test_planner_strength_follows_the_budget_and_says_why() -> None:
     long, why_long = choose_shift(4, 20000)
     middle, _ = choose_shift(4, 5000)
     assert (short.strength, middle.strength, long.strength) == (0.5, 0.75, 1.0)
-    assert short.enabled
+    assert not short.enabled and not long.enabled  # off unless asked for (issue 10)
+    assert why_short.startswith("off by default")
     assert long.channel_dropout > 0
     assert "strength 0.5" in why_short
     assert "lose 1 to 3" in why_long
@@ -201,14 +202,14 @@ def test_patch_dataset_applies_the_plan_and_keeps_labels(patch) -> None:
         np.testing.assert_array_equal(again["image"].numpy(), b["image"].numpy())
 
 
-def test_make_plan_turns_shift_on_and_records_why(tmp_path) -> None:
+def test_make_plan_plans_shift_off_and_records_why(tmp_path) -> None:
     root = make_msd(tmp_path / "msd", cases=3)
     plan = make_plan(root, time_budget_s=60, probe=False)
     shift = plan.train.shift
-    assert shift.enabled
+    assert not shift.enabled
     assert shift.channel_dropout == pytest.approx(0.2)
     # 60 s at the static 4 samples/s: 192 samples, far below 2000, so half strength.
     assert shift.strength == 0.5
     assert "strength 0.5" in plan.notes["shift_reason"]
-    off = make_plan(root, time_budget_s=60, probe=False, overrides=["train.shift.enabled=false"])
-    assert not off.train.shift.enabled
+    on = make_plan(root, time_budget_s=60, probe=False, overrides=["train.shift.enabled=true"])
+    assert on.train.shift.enabled and on.train.shift.strength == 0.5

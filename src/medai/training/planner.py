@@ -53,6 +53,14 @@ STATIC_SPEED = {"unet": 1.0, "basicunet": 0.5, "dynunet": 0.8, "segresnet": 1 / 
 MIN_SAMPLES_IN_BUDGET = 2000
 #: Samples seen at which shift augmentation runs at full strength (half at the minimum).
 FULL_SHIFT_SAMPLES = 8000
+#: Whether the planner turns shift augmentation on. Issue 10's keep rule (in-domain Dice
+#: drops by at most one point, and the gain under shift has a paired CI above zero)
+#: failed in ``benchmarks/robustness.py``, so it is off unless asked for.
+SHIFT_BY_DEFAULT = False
+SHIFT_OFF_REASON = (
+    "off by default (benchmarks/robustness.py, 3 seeds: it cost in-domain Dice beyond the "
+    "one-point keep rule and gave no gain under shift); with train.shift.enabled=true: "
+)
 #: Share of samples that lose channels when the data have several contrasts.
 CHANNEL_DROPOUT = 0.2
 BYTES_PER_VOXEL_FEATURE = 4 * 24  # float32 × (activations kept for backward, norms, grads)
@@ -155,6 +163,10 @@ def _choose_network(
 def choose_shift(channels: int, samples: float) -> tuple[ShiftPlan, str]:
     """Shift augmentation for a run that will see about ``samples`` training samples.
 
+    Off unless the user turns it on (``train.shift.enabled=true``): the robustness
+    benchmark found it does not pay at the budgets medai plans for (see
+    :data:`SHIFT_OFF_REASON`). When on, it runs as planned here.
+
     Redrawn intensities make every sample harder, so a short run gets a milder
     version: full strength from :data:`FULL_SHIFT_SAMPLES`, half at
     :data:`MIN_SAMPLES_IN_BUDGET` or fewer, linear between. Channel dropout (which lets
@@ -163,9 +175,12 @@ def choose_shift(channels: int, samples: float) -> tuple[ShiftPlan, str]:
     span = FULL_SHIFT_SAMPLES - MIN_SAMPLES_IN_BUDGET
     strength = 0.5 + 0.5 * float(np.clip((samples - MIN_SAMPLES_IN_BUDGET) / span, 0.0, 1.0))
     dropout = CHANNEL_DROPOUT if channels > 1 else 0.0
-    shift = ShiftPlan(enabled=True, strength=round(strength, 2), channel_dropout=dropout)
+    shift = ShiftPlan(
+        enabled=SHIFT_BY_DEFAULT, strength=round(strength, 2), channel_dropout=dropout
+    )
     reason = (
-        f"~{samples:.0f} training samples expected: shift augmentation at strength "
+        ("" if SHIFT_BY_DEFAULT else SHIFT_OFF_REASON)
+        + f"~{samples:.0f} training samples expected: shift augmentation at strength "
         f"{shift.strength:g} (1 from {FULL_SHIFT_SAMPLES} samples, 0.5 at "
         f"{MIN_SAMPLES_IN_BUDGET} or fewer: redrawn contrasts slow learning); "
         + (
