@@ -111,7 +111,7 @@ def test_pointing_game_scores_the_true_positives_on_the_tumour_masks(
     result, _ = explained
     data = json.loads(result.json_path.read_text(encoding="utf-8"))
     assert data["method"] == "gradcam"
-    assert data["layer"] == result.layer == "layer2"  # layer4, layer3: 1×1, 2×2 at 32×32
+    assert data["layer"] == result.layer == "layer1"  # 8×8 at 32×32 (layer2: 4×4)
     assert set(data["pointing_game"]) == {"hits", "n", "rate", "chance"}
     scored = [e for e in result.inputs if e.pointing is not None]
     assert scored, "the tiny run found no tumour slice; the pointing game scored nothing"
@@ -171,7 +171,7 @@ def test_cli_explains_files_with_masks_and_a_dataset_split(
     assert result.exit_code == 0, result.output
     assert "pointing game" in result.output
     assert "Parameter randomisation" in result.output
-    assert "gradcam++ at layer2" in result.output
+    assert "gradcam++ at layer1" in result.output
     assert "chance" in result.output
     assert (run_dir / "explain" / "explain.json").is_file()  # the default: RUN/explain
     bad = runner.invoke(app, ["explain", str(run_dir), *files, "--method", "lime"])

@@ -4,7 +4,9 @@ Real DICOM files (the ``pydicom-data`` package) are read, one series is converte
 copy de-identified; then a synthetic glioma cohort is generated, checked and split, a
 segmentation model is trained and tested, the run is evaluated into a report,
 radiomics from the predicted tumour masks feed a survival model, and the model is
-exported as a bundle that segments one test study, as DICOM, into a SEG and an SR.
+exported as a bundle that segments one test study, as DICOM, into a SEG and an SR;
+last, three image → label / number tasks (grade, tumour on slices with heat maps, brain
+age) are derived from the cohort, trained and evaluated.
 Each step says what it did; the outputs stay in the demo folder for a look.
 """
 
@@ -22,6 +24,7 @@ import typer
 from rich.table import Table
 
 from medai.cli.console import console, progress, user_errors
+from medai.cli.demo_image import image_tasks_step
 from medai.fsutil import write_secret_text
 from medai.image import ScalarImage
 from medai.io import find_series, read_image, write_image
@@ -272,7 +275,10 @@ def demo(
     spacing: float = typer.Option(2.0, help="Cohort voxel size (mm)."),
     test: float = typer.Option(0.6, help="Share of internal patients held out for testing."),
     validation: float = typer.Option(0.07, help="Share of internal patients for validation."),
-    train_minutes: float = typer.Option(6.0, help="Training budget (wall-clock minutes)."),
+    train_minutes: float = typer.Option(4.5, help="Segmentation training budget (minutes)."),
+    image_seconds: float = typer.Option(
+        45.0, help="Training budget of each image → label / number task (seconds)."
+    ),
     seed: int = typer.Option(0, help="Seed of the whole demo."),
 ) -> None:
     """Run the main job end to end on the embedded default data."""
@@ -293,4 +299,7 @@ def demo(
             _radiomics_step(run, manifest)
         with _step("6 · Deploy: export a bundle, segment a DICOM study without torch"):
             deploy_step(run, manifest, out / "deploy")
+        with _step("7 · Image → label / number: grade, tumour on slices, brain age"):
+            image_tasks_step(out / "image_tasks", manifest, seconds=image_seconds, seed=seed,
+                             external_site=EXTERNAL_SITE)  # fmt: skip
     console.rule(f"[bold green]demo done in {(time.perf_counter() - start) / 60:.1f} min")
