@@ -28,10 +28,14 @@ __all__ = ["export_cmd", "export_with_progress", "output_names", "predict_cmd"]
 _STAGES = {
     "onnx": "exporting to ONNX",
     "parity": "checking ONNX vs PyTorch",
-    "reference": "reference volumes",
+    "preprocess": "preparing the training images",
+    "reference": "reference distribution",
     "done": "exported",
 }
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+_IMAGE_SUFFIXES = (
+    ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm",
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+)  # fmt: skip
 
 
 def export_with_progress(
@@ -79,6 +83,8 @@ def export_cmd(
 ) -> None:
     """Export a run as a bundle: ONNX model checked against PyTorch, plan, model card,
     reference volumes, manifest with checksums."""
+    from medai.export import ParityReport
+
     with user_errors():
         result = export_with_progress(
             run,
@@ -91,9 +97,13 @@ def export_cmd(
             reference_cases=reference_cases,
         )
     par = result.parity
+    if isinstance(par, ParityReport):
+        figures = f"max |Δp| {par.max_abs_diff:.1e}, lowest Dice {min(par.min_dice.values()):.4f}"
+    else:
+        agree = "n/a" if par.decision_agreement is None else f"{par.decision_agreement:.0%}"
+        figures = f"max |Δlogit| {par.max_abs_diff:.1e}, decisions agree {agree}"
     console.print(
-        f"parity on {par.cases} case(s): max |Δp| {par.max_abs_diff:.1e}, lowest Dice "
-        f"{min(par.min_dice.values()):.4f} · {len(result.files) + 1} files → {result.path}"
+        f"parity on {par.cases} case(s): {figures} · {len(result.files) + 1} files → {result.path}"
     )
 
 
@@ -147,9 +157,11 @@ def predict_cmd(
 ) -> None:
     """Segment studies with a bundle (ONNX Runtime, no torch); each label map lands on
     its study's own grid as OUT/<study>.nii.gz, with OUT/<study>_volumes.json, and for a
-    DICOM study OUT/<study>_seg.dcm (DICOM SEG) and OUT/<study>_sr.dcm (TID 1500 SR)."""
+    DICOM study OUT/<study>_seg.dcm (DICOM SEG) and OUT/<study>_sr.dcm (TID 1500 SR).
+    A classification / regression bundle writes OUT/<input>.json (output, decision,
+    uncertainty, needs_review) per input and OUT/predictions.csv."""
     from medai.inference.study import write_prediction
-    from medai.runtime import Segmenter, write_dicom_results
+    from medai.runtime import Segmenter, load_predictor, write_dicom_results
 
     with user_errors():
         chosen = parse_device(device)
@@ -157,8 +169,14 @@ def predict_cmd(
             raise ConfigError(f"--device {device!r}: bundles run on cpu or cuda")
         t0 = time.perf_counter()
         with _bundle_path(model, dataset) as bundle_path:
-            segmenter = Segmenter(bundle_path, threads=threads, device=chosen)
+            predictor = load_predictor(bundle_path, threads=threads, device=chosen)
         names = output_names(inputs)
+        if not isinstance(predictor, Segmenter):  # a classification / regression bundle
+            from medai.cli.image_predict import predict_images_cmd
+
+            predict_images_cmd(predictor, inputs, names, out)
+            return
+        segmenter = predictor
         with progress() as bar:
             task = bar.add_task(f"segmenting with {segmenter.loaded.name}", total=len(inputs))
             for path, name in zip(inputs, names, strict=True):

@@ -28,12 +28,19 @@ import numpy as np
 from medai import __version__
 from medai.errors import ExportError
 from medai.export.card import build_model_card, reference_distribution, render_model_card
-from medai.export.onnx_export import OPSET, ParityReport, check_parity, export_onnx
+from medai.export.onnx_export import (
+    OPSET,
+    ImageParityReport,
+    ParityReport,
+    check_parity,
+    export_onnx,
+)
 from medai.fsutil import atomic_path, atomic_write_bytes, fsync_dir, fsync_tree
 from medai.image import ScalarImage
 from medai.inference.predict import LoadedRun, load_run
 from medai.preprocess.cases import SegCase, as_cohort
 from medai.preprocess.pipeline import preprocess_image
+from medai.preprocess.plan import TaskKind
 from medai.runtime.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -55,7 +62,7 @@ class ExportResult:
     """What an export wrote and measured."""
 
     path: Path
-    parity: ParityReport
+    parity: ParityReport | ImageParityReport
     files: dict[str, str]  # name → SHA-256
 
 
@@ -280,17 +287,22 @@ def export_run(
     overwrite: bool = False,
     name: str | None = None,
     version: str = "1",
-    parity_cases: int = 2,
+    parity_cases: int | None = None,
     reference_cases: int = 50,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export a training run: its ``model.pt`` checked on its own training cases.
 
+    Classification and regression runs go to
+    :func:`medai.export.image_export.export_image_run` (fixed-size input, parity on
+    logits and decisions, reference outputs on training and validation cases).
+
     Args:
         run_dir: Training run folder (``model.pt``, ``run.json``, ``split.json``).
         out: Bundle folder, or ``.zip`` path with ``as_zip``.
         dataset: The training dataset, when ``run.json`` does not name it.
-        parity_cases: Training cases compared between ONNX Runtime and PyTorch.
+        parity_cases: Training cases compared between ONNX Runtime and PyTorch
+            (default: 2 studies for segmentation, 16 images for an image run).
         reference_cases: Training cases whose predicted volumes form the reference.
 
     Raises:
@@ -301,7 +313,17 @@ def export_run(
     if not (run / "model.pt").is_file():
         raise ExportError(f"{run} has no model.pt; export a finished training run (medai train)")
     loaded = load_run(run, device="cpu")
+    if loaded.plan.task is not TaskKind.SEGMENTATION:
+        from medai.export.image_export import export_image_run
+
+        return export_image_run(
+            run, loaded, out, dataset=dataset,
+            parity_cases=16 if parity_cases is None else parity_cases,
+            reference_cases=reference_cases, progress=progress,
+            as_zip=as_zip, overwrite=overwrite, name=name, version=version,
+        )  # fmt: skip
     cases = _training_cases(run, dataset)
+    parity_cases = 2 if parity_cases is None else parity_cases
     if parity_cases < 1 or not cases:
         raise ExportError("export needs at least one training case to check the ONNX model on")
     parity = [c.load_image() for c in cases[:parity_cases]]

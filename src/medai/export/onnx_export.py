@@ -17,23 +17,37 @@ from torch import nn
 from medai.errors import ExportError, ParityError
 from medai.evaluation.segmentation import region_dice
 from medai.inference.sliding import predict_probabilities
-from medai.preprocess.plan import Plan
+from medai.preprocess.plan import Plan, TaskKind
 from medai.runtime.session import OnnxNetwork
 from medai.runtime.sliding import sliding_window_probabilities
 
-__all__ = ["OPSET", "ParityReport", "check_parity", "export_onnx"]
+__all__ = [
+    "OPSET",
+    "ImageParityReport",
+    "ParityReport",
+    "check_image_parity",
+    "check_parity",
+    "export_onnx",
+]
 
 OPSET = 17
 _AXES = {0: "batch", 2: "x", 3: "y", 4: "z"}
 
 
 def export_onnx(
-    model: nn.Module, *, in_channels: int, window: Sequence[int], opset: int = OPSET
+    model: nn.Module,
+    *,
+    in_channels: int,
+    window: Sequence[int],
+    opset: int = OPSET,
+    dynamic_spatial: bool = True,
 ) -> bytes:
-    """Serialise ``model`` (eval mode, CPU) as ONNX with dynamic batch and spatial axes.
+    """Serialise ``model`` (eval mode, CPU) as ONNX with a dynamic batch axis.
 
-    The spatial axes are declared dynamic; the runtime always feeds whole windows of
-    ``window``, the size the network was trained on.
+    With ``dynamic_spatial`` (segmentation) the spatial axes of input and output are
+    declared dynamic too; the runtime always feeds whole windows of ``window``, the
+    size the network was trained on. Without it (a classifier: ``(B, out)`` logits of
+    a fixed-size input) only the batch axis is dynamic.
 
     Raises:
         ExportError: If ``opset`` < 17 or the tracer cannot export the network.
@@ -46,7 +60,7 @@ def export_onnx(
     try:
         with tempfile.TemporaryDirectory(prefix="medai-onnx-") as tmp:
             path = Path(tmp) / "model.onnx"
-            _trace(model, dummy, path, opset)
+            _trace(model, dummy, path, opset, dynamic_spatial=dynamic_spatial)
             return path.read_bytes()
     except Exception as exc:  # the exporter raises many untyped errors
         raise ExportError(f"the network cannot be exported to ONNX: {exc}") from exc
@@ -54,7 +68,14 @@ def export_onnx(
         model.train(was_training)
 
 
-def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+def _trace(
+    model: nn.Module, dummy: torch.Tensor, path: Path, opset: int, *, dynamic_spatial: bool
+) -> None:
+    axes = (
+        {"image": _AXES, "logits": _AXES}
+        if dynamic_spatial
+        else {"image": {0: "batch"}, "logits": {0: "batch"}}
+    )
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter is deprecated but needs no shape hints; instance
         # norm without running statistics is exported as it runs (input statistics);
@@ -75,7 +96,7 @@ def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> Non
             opset_version=opset,
             input_names=["image"],
             output_names=["logits"],
-            dynamic_axes={"image": _AXES, "logits": _AXES},
+            dynamic_axes=axes,
             dynamo=False,
         )
 
@@ -151,5 +172,71 @@ def check_parity(
             f"|Δp| {worst:.2e} (limit {tolerance:.0e}), lowest Dice {min(dice.values()):.4f} "
             f"(floor {dice_floor}); the network uses an operator ONNX does not reproduce — "
             "export with a supported architecture, or report the network"
+        )
+    return report
+
+
+@dataclass(frozen=True)
+class ImageParityReport:
+    """ONNX Runtime against PyTorch on the same fixed-size inputs (classification or
+    regression).
+
+    Attributes:
+        cases: Inputs compared.
+        max_abs_diff: Largest absolute difference of logits.
+        decision_agreement: Share of inputs whose decision is the same (``None`` for
+            regression: no decision).
+        tolerance: The largest ``max_abs_diff`` accepted.
+        agreement_floor: The lowest ``decision_agreement`` accepted.
+    """
+
+    cases: int
+    max_abs_diff: float
+    decision_agreement: float | None
+    tolerance: float
+    agreement_floor: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_image_parity(
+    model: nn.Module,
+    network: OnnxNetwork,
+    plan: Plan,
+    inputs: NDArray[np.float32],
+    *,
+    tolerance: float = 1e-3,
+    agreement_floor: float = 0.99,
+) -> ImageParityReport:
+    """Run both engines on preprocessed inputs ``(N, C, *size)``; refuse a mismatch.
+
+    Raises:
+        ParityError: If a logit differs by more than ``tolerance``, or fewer than
+            ``agreement_floor`` of the decisions agree.
+        ExportError: If ``inputs`` is empty.
+    """
+    from medai.inference.classify import forward_logits
+    from medai.inference.outputs import decide, outputs_from_logits
+
+    if len(inputs) == 0:
+        raise ExportError("parity needs at least one preprocessed case; none was given")
+    ref = forward_logits(model, inputs, device=_device(model))
+    got = np.concatenate([network(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
+    worst = float(np.abs(ref.astype(np.float64) - got).max())
+    agreement = None
+    if plan.task is not TaskKind.REGRESSION:
+        same = decide(outputs_from_logits(ref, plan), plan) == decide(
+            outputs_from_logits(got, plan), plan
+        )
+        agreement = float(np.mean(same.reshape(len(inputs), -1).all(axis=1)))
+    report = ImageParityReport(len(inputs), worst, agreement, tolerance, agreement_floor)
+    if worst > tolerance or (agreement is not None and agreement < agreement_floor):
+        raise ParityError(
+            f"ONNX Runtime differs from PyTorch on {len(inputs)} preprocessed case(s): max "
+            f"|Δlogit| {worst:.2e} (limit {tolerance:.0e}), decisions agree "
+            f"{agreement if agreement is not None else 'n/a'} (floor {agreement_floor}); the "
+            "network uses an operator ONNX does not reproduce — export with a supported "
+            "architecture, or report the network"
         )
     return report

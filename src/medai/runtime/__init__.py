@@ -4,7 +4,9 @@ Nothing under this package imports torch or MONAI (a test imports it with both
 blocked). It verifies and loads bundles (:func:`load_bundle`), runs the network with a
 numpy sliding window and Gaussian blending that match MONAI's, flip TTA, and the same
 preprocessing and post-processing code as training (:mod:`medai.preprocess`,
-:mod:`medai.inference.study`).
+:mod:`medai.inference.study`). Classification and regression bundles run through
+:class:`Classifier` (fixed-size input, test-time shifts, the outputs code of
+:mod:`medai.inference.outputs`); :func:`load_predictor` chooses by task.
 """
 
 from medai.runtime.bundle import (
@@ -13,12 +15,14 @@ from medai.runtime.bundle import (
     BUNDLE_FORMAT_VERSION,
     MANIFEST,
     REQUIRED_FILES,
+    TASKS,
     Bundle,
     build_manifest,
     load_bundle,
     read_bundle_files,
     verify_manifest,
 )
+from medai.runtime.classify import Classifier, fixed_input_of, load_predictor
 from medai.runtime.outputs import write_dicom_results
 from medai.runtime.predict import Segmenter, check_input
 from medai.runtime.session import OnnxNetwork, available_providers
@@ -36,15 +40,19 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "MANIFEST",
     "REQUIRED_FILES",
+    "TASKS",
     "Bundle",
+    "Classifier",
     "OnnxNetwork",
     "Segmenter",
     "available_providers",
     "build_manifest",
     "check_input",
+    "fixed_input_of",
     "flip_combinations",
     "gaussian_importance_map",
     "load_bundle",
+    "load_predictor",
     "read_bundle_files",
     "sliding_window_logits",
     "sliding_window_probabilities",

@@ -28,6 +28,7 @@ __all__ = [
     "MANIFEST",
     "MAX_BUNDLE_BYTES",
     "REQUIRED_FILES",
+    "TASKS",
     "Bundle",
     "build_manifest",
     "load_bundle",
@@ -40,6 +41,8 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES: tuple[str, ...] = ("bundle.json", "plan.json", "model.onnx")
 ALLOWED_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".onnx", ".md", ".txt")
+#: What a bundle's model may predict (``bundle.json`` ``task``: the plan's task).
+TASKS: tuple[str, ...] = ("segmentation", "binary", "multiclass", "multilabel", "regression")
 _FIX = "re-export it with `medai export RUN OUT`"
 #: Largest total size of a bundle's files (a zip's are checked before decompressing).
 MAX_BUNDLE_BYTES = 8 * 2**30
@@ -188,6 +191,11 @@ class Bundle:
     def channels(self) -> list[str]:
         return list(self.plan.channels)
 
+    @property
+    def task(self) -> str:
+        """``segmentation``, ``binary``, ``multiclass``, ``multilabel`` or ``regression``."""
+        return str(self.info.get("task", "segmentation"))
+
 
 def _json(files: Mapping[str, bytes], name: str, source: Path) -> Any:
     try:
@@ -213,9 +221,10 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{source}: bundle format {info.get('format')!r} v{info.get('format_version')} is not "
             f"{BUNDLE_FORMAT} v{BUNDLE_FORMAT_VERSION}; {_FIX} with this medai version"
         )
-    if info.get("task") != "segmentation":
+    if info.get("task") not in TASKS:
         raise BundleError(
-            f"{source}: task {info.get('task')!r} is not supported; this runtime segments"
+            f"{source}: task {info.get('task')!r} is not supported; this runtime runs "
+            f"{', '.join(TASKS)} bundles"
         )
     try:
         plan = Plan.model_validate(_json(files, "plan.json", source))
@@ -223,6 +232,11 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"{source}: plan.json does not validate ({validation_summary(exc)}); {_FIX}"
         ) from exc
+    if plan.task.value != info["task"]:
+        raise BundleError(
+            f"{source}: bundle.json says task {info['task']!r}, plan.json {plan.task.value!r}; "
+            f"{_FIX}"
+        )
     documents = {
         name: _json(files, name, source)
         for name in files
