@@ -32,6 +32,8 @@ from medai.evaluation.run_report import (
     resolve_run_dataset,
 )
 from medai.evaluation.segmentation import region_dice
+from medai.evaluation.uncertainty_report import uncertainty_path, write_case_uncertainty
+from medai.image import ScalarImage
 from medai.inference.predict import LoadedRun, load_run, predict_case
 from medai.io import write_nifti
 
@@ -46,8 +48,12 @@ def predict_splits(
     *,
     reuse_after: float | None = None,
     progress: Progress | None = None,
+    tta: bool | None = True,
 ) -> list[Path]:
     """Predict every case of ``splits`` and write its label map where evaluation reads it.
+
+    With TTA each case also gets an uncertainty sidecar
+    (:func:`medai.evaluation.uncertainty_report.write_case_uncertainty`).
 
     Args:
         run: The loaded run.
@@ -57,6 +63,8 @@ def predict_splits(
         reuse_after: Keep a file written after this time (e.g. the model's mtime)
             instead of predicting the case again.
         progress: Called as ``progress(cases_done, cases_total)`` after each case.
+        tta: Flip TTA (8 members: the label maps are their mean, and the case gets an
+            uncertainty score); ``None``: the plan's setting.
 
     Returns:
         The label map paths, in case order.
@@ -67,11 +75,28 @@ def predict_splits(
         for case in cases:
             path = prediction_path(predictions_dir, split, case.case_id)
             if reuse_after is None or not path.is_file() or path.stat().st_mtime <= reuse_after:
-                write_nifti(predict_case(run, dataset.load_case_image(case)).labels, path)
+                sidecar = uncertainty_path(predictions_dir, split, case.case_id)
+                _predict_one(run, dataset.load_case_image(case), path, sidecar, tta=tta)
             paths.append(path)
             if progress is not None:
                 progress(len(paths), total)
     return paths
+
+
+def _predict_one(
+    run: LoadedRun, image: ScalarImage, path: Path, sidecar: Path, *, tta: bool | None
+) -> None:
+    """Write one case's label map and, with TTA members, its uncertainty sidecar (a stale
+    sidecar from an earlier prediction is removed)."""
+    pred = predict_case(run, image, tta=tta)
+    write_nifti(pred.labels, path)
+    if pred.uncertainty is None:
+        sidecar.unlink(missing_ok=True)
+        return
+    write_case_uncertainty(
+        sidecar, score=pred.uncertainty, volume_spread_ml=pred.volume_spread_ml,
+        region=pred.uncertainty_region,
+    )  # fmt: skip
 
 
 def _image_task(run: Path) -> bool:
@@ -99,6 +124,7 @@ def evaluate_run(
     extra_sections: Sequence[ReportSection] = (),
     device: str | None = None,
     reuse_predictions: bool = False,
+    tta: bool | None = True,
 ) -> EvaluationResult:
     """Predict a split with a run's model, then score it (``report.html`` + ``metrics.json``).
 
@@ -128,6 +154,9 @@ def evaluate_run(
         reuse_predictions: Keep a case's prediction in ``predictions/`` when it is newer
             than the model instead of predicting again (e.g. to re-render the report
             with ``extra_sections``).
+        tta: Predict with flip TTA (default on, whatever the plan says): the label
+            maps are the 8 members' mean, and each case's uncertainty feeds the report's
+            uncertainty section. ``None``: the plan's setting (no section when off).
 
     Raises:
         ConfigError: If an option is out of range or ``split`` is unknown or ``train``.
@@ -151,8 +180,9 @@ def evaluate_run(
     out = Path(out_dir) if out_dir is not None else run / "evaluation"
     reuse_after = (run / "model.pt").stat().st_mtime if reuse_predictions else None
     predict_splits(
-        loaded, data, splits, out / "predictions", reuse_after=reuse_after, progress=progress
-    )
+        loaded, data, splits, out / "predictions", reuse_after=reuse_after, progress=progress,
+        tta=tta,
+    )  # fmt: skip
     return evaluate_predictions(
         run, loaded.plan, split=split, out_dir=out, predictions_dir=out / "predictions",
         dataset=data, dataset_path=data_path, n_resamples=n_resamples, seed=seed,

@@ -375,6 +375,10 @@ def evaluate_predictions(
 ) -> EvaluationResult:
     """Score a run's predicted label maps on a split; write ``report.html`` + ``metrics.json``.
 
+    Cases predicted with TTA members have an uncertainty sidecar beside their label map
+    (:mod:`medai.evaluation.uncertainty_report`); with any, the report and
+    ``metrics.json`` get an uncertainty section (referral curve, Spearman's rho).
+
     Args:
         run_dir: Training run folder (its records and ``model.pt`` checksum go in the
             report; the model is not loaded).
@@ -403,6 +407,7 @@ def evaluate_predictions(
             lacks its reference label or its prediction.
     """
     from medai.evaluation.run_sections import RunContext, build_report
+    from medai.evaluation.uncertainty_report import attach_uncertainty, uncertainty_section
 
     check_evaluation_options(split, n_resamples, tolerance_mm, n_worst)
     run = Path(run_dir)
@@ -412,7 +417,7 @@ def evaluate_predictions(
     out = Path(out_dir) if out_dir is not None else run / "evaluation"
     pred_dir = Path(predictions_dir) if predictions_dir is not None else out / "predictions"
     scoring = _Scoring(dict(plan.regions), pred_dir, tolerance_mm, empty_distance)
-    frame = _score_splits(data, splits, scoring, progress)
+    frame = attach_uncertainty(_score_splits(data, splits, scoring, progress), pred_dir)
     regions = list(plan.regions)
     aggregates = {
         name: _aggregate(frame[frame["split"] == name], regions, n_resamples=n_resamples, seed=seed)
@@ -427,7 +432,11 @@ def evaluate_predictions(
         n_worst=n_worst, ci_width_target=ci_width_target, n_resamples=n_resamples,
         tolerance_mm=tolerance_mm,
     )  # fmt: skip
-    report_path, checklist = build_report(context, out / "report.html", extra_sections)
+    unc_section, unc_document = uncertainty_section(
+        frame, list(splits), n_resamples=n_resamples, seed=seed
+    )
+    sections = [*([unc_section] if unc_section is not None else []), *extra_sections]
+    report_path, checklist = build_report(context, out / "report.html", sections)
     settings = {
         "split": split, "dataset": str(data_path) if data_path else data.name,
         "regions": plan.regions, "tolerance_mm": tolerance_mm,
@@ -435,6 +444,7 @@ def evaluate_predictions(
         "interval": "bca, patients resampled", "min_subgroup_cases": min_subgroup_cases,
     }  # fmt: skip
     document = _metrics_document(run, frame, aggregates, subgroups, settings)
+    document["uncertainty"] = unc_document
     document["checklist"] = [
         {"question": c.question, "answer": Answer(c.answer).value, "how": c.how} for c in checklist
     ]

@@ -81,7 +81,8 @@ def predict_case(
     Args:
         run: A :class:`LoadedRun` or a run folder.
         image: A multi-channel ScalarImage, a NIfTI file or a DICOM study folder.
-        tta: Flip test-time augmentation; default from the plan.
+        tta: Flip test-time augmentation; default from the plan. With it the
+            prediction carries an uncertainty score and map (none without).
         keep_probabilities: Also return region probabilities (input grid).
         missing: Contrasts the study lacks; the prediction says which it used.
     """
@@ -101,6 +102,7 @@ def predict_case(
             tta_flips=flips,
             device=loaded.device,
             amp=plan.train.amp,
+            members=flips,
         )
 
     return segment_image(

@@ -23,8 +23,13 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     amp: bool = False,
     sw_batch_size: int = 2,
+    members: bool = False,
 ) -> NDArray[np.float32]:
     """Sigmoid region probabilities ``(R, x, y, z)`` for a ``(C, x, y, z)`` image.
+
+    With ``members=True`` the TTA members are returned unaveraged, ``(M, R, x, y, z)``
+    (``M`` = 8 with flips, 1 without), for :func:`medai.inference.segment_image` to
+    average and to measure their disagreement.
 
     Args:
         model: Network returning one logit per region.
@@ -35,6 +40,7 @@ def predict_probabilities(
         device: Where to run.
         amp: Use mixed precision (CUDA only).
         sw_batch_size: Windows per forward pass.
+        members: Return every TTA member instead of their mean.
     """
     from monai.inferers import sliding_window_inference
 
@@ -48,6 +54,7 @@ def predict_probabilities(
     was_training = model.training
     model.eval()
     total = torch.zeros(())
+    kept: list[torch.Tensor] = []
     use_amp = amp and dev.type == "cuda"
     with torch.no_grad(), torch.autocast(dev.type, enabled=use_amp):
         for dims in flips:
@@ -60,6 +67,11 @@ def predict_probabilities(
             )
             prob = torch.sigmoid(logits.float())
             prob = torch.flip(prob, dims) if dims else prob
-            total = total + prob
+            if members:
+                kept.append(prob[0].cpu())
+            else:
+                total = total + prob
     model.train(was_training)
+    if members:
+        return torch.stack(kept).numpy().astype(np.float32)
     return (total / len(flips))[0].cpu().numpy().astype(np.float32)

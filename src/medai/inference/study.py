@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,21 +26,37 @@ from medai.preprocess.pipeline import GridRecord, preprocess_image
 from medai.preprocess.plan import Plan
 from medai.preprocess.steps import resample_to_grid, uncrop
 
+if TYPE_CHECKING:
+    from medai.evaluation.uncertainty import SegUncertainty
+
 __all__ = ["Prediction", "ProbabilityFn", "read_study", "segment_image", "write_prediction"]
 
 ProbabilityFn = Callable[[NDArray[np.float32]], NDArray[np.float32]]
-"""Preprocessed ``(C, x, y, z)`` image → ``(R, x, y, z)`` sigmoid region probabilities."""
+"""Preprocessed ``(C, x, y, z)`` image → ``(R, x, y, z)`` sigmoid region probabilities, or
+``(M, R, x, y, z)``: the probabilities of ``M`` TTA members (their mean is the prediction)."""
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """A prediction on the input grid."""
+    """A prediction on the input grid.
+
+    With TTA members (``M > 1``) the prediction carries its uncertainty about the
+    largest region (``uncertainty_region``, e.g. WT), from
+    :func:`medai.evaluation.segmentation_uncertainty` on the network grid: ``uncertainty``
+    is the mean voxel entropy (nats) of the members' mean probability inside the region,
+    ``volume_spread_ml`` the spread of the members' volumes, and ``uncertainty_map`` the
+    voxel entropy on the input grid. Without TTA (one member) all four are ``None``.
+    """
 
     labels: LabelMap
     probabilities: ScalarImage | None
     volumes_ml: dict[str, float]
     contrasts_used: tuple[str, ...] = ()
     contrasts_missing: tuple[str, ...] = ()
+    uncertainty: float | None = None
+    uncertainty_map: ScalarImage | None = None
+    volume_spread_ml: float | None = None
+    uncertainty_region: str | None = None
 
 
 def read_study(path: str | Path, channels: list[str]) -> ScalarImage:
@@ -88,7 +104,9 @@ def segment_image(
         img: The multi-channel study, channels in ``plan.channels`` order (the
             declared missing ones may be left out).
         plan: The model's plan (preprocessing, regions, post-processing).
-        probabilities: The network with its sliding window and TTA.
+        probabilities: The network with its sliding window and TTA; when it returns
+            ``M > 1`` TTA members, their mean is post-processed (the same labels as
+            from the averaged output) and the prediction carries their uncertainty.
         keep_probabilities: Also return region probabilities (input grid).
         missing: Contrasts the study lacks (:mod:`medai.preprocess.contrasts`).
 
@@ -99,6 +117,8 @@ def segment_image(
     img = complete_contrasts(img, plan, missing=missing)
     pre = preprocess_image(img, plan.preprocess)
     probs = probabilities(pre.image.array.astype(np.float32, copy=False))
+    members = probs if probs.ndim == 5 else probs[None]
+    probs = _member_mean(members)
     on_input = _back_to_input(ScalarImage(probs, pre.image.affine), pre.record)
     masks = postprocess_regions(
         on_input.array, plan.regions, spacing=img.spacing, plan=plan.inference
@@ -107,7 +127,44 @@ def segment_image(
     volumes = region_volumes_ml(labels.array[0], plan.regions, img.spacing)
     kept = on_input.with_array(on_input.array) if keep_probabilities else None
     used, gone = img.meta["contrasts_used"], img.meta["contrasts_missing"]
-    return Prediction(labels, kept, volumes, tuple(used), tuple(gone))
+    if members.shape[0] < 2:
+        return Prediction(labels, kept, volumes, tuple(used), tuple(gone))
+    region = max(plan.regions, key=lambda name: len(plan.regions[name]))  # WT for BraTS
+    index = list(plan.regions).index(region)
+    spacing_ml = float(np.prod(pre.image.spacing)) / 1000.0
+    unc = _uncertainty(members[:, index : index + 1], plan.inference.threshold, spacing_ml)
+    entropy = ScalarImage(unc.map[None].astype(np.float32), pre.image.affine)
+    return Prediction(
+        labels, kept, volumes, tuple(used), tuple(gone),
+        uncertainty=unc.score, uncertainty_map=_back_to_input(entropy, pre.record),
+        volume_spread_ml=unc.volume_spread_ml, uncertainty_region=region,
+    )  # fmt: skip
+
+
+def _member_mean(members: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Mean over the first axis summed in member order, as the TTA loops sum their
+    members (so the labels are the same, bit for bit, as from the averaged output)."""
+    if members.ndim != 5 or members.shape[0] < 1:
+        raise ValueError(
+            f"the probability function returned shape {members.shape}; expected (R, x, y, z) "
+            "or (M, R, x, y, z) with M >= 1 members"
+        )
+    total = members[0].astype(np.float32, copy=True)
+    for member in members[1:]:
+        total += member
+    return total / np.float32(members.shape[0]) if members.shape[0] > 1 else total
+
+
+def _uncertainty(
+    members: NDArray[np.float32], threshold: float, spacing_ml: float
+) -> SegUncertainty:
+    """:func:`medai.evaluation.segmentation_uncertainty` of one region's ``(M, 1, …)``
+    members (imported here: the evaluation package is only needed with TTA)."""
+    from medai.evaluation.uncertainty import segmentation_uncertainty
+
+    return segmentation_uncertainty(
+        members, threshold=threshold, region_index=0, spacing_ml=spacing_ml
+    )
 
 
 def _input_box(rec: GridRecord) -> list[tuple[int, int]] | None:
@@ -148,7 +205,8 @@ def _back_to_input(cropped: ScalarImage, rec: GridRecord) -> ScalarImage:
 
 
 def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]:
-    """Write ``labels.nii.gz``, ``volumes.json`` and (if kept) ``probabilities.nii.gz``.
+    """Write ``labels.nii.gz``, ``volumes.json`` and (if kept) ``probabilities.nii.gz``;
+    with TTA also ``uncertainty.nii.gz`` (voxel entropy) and the score in ``volumes.json``.
 
     ``out`` is a folder, or a ``.nii.gz`` path for the label map (the other files go
     beside it with the same stem).
@@ -170,9 +228,19 @@ def write_prediction(prediction: Prediction, out: str | Path) -> dict[str, Path]
         "contrasts_used": list(prediction.contrasts_used),
         "contrasts_missing": list(prediction.contrasts_missing),
     }
+    if prediction.uncertainty is not None:
+        payload["uncertainty"] = {
+            "score": prediction.uncertainty,
+            "region": prediction.uncertainty_region,
+            "volume_spread_ml": prediction.volume_spread_ml,
+            "measure": "mean voxel entropy (nats) inside the region, TTA members",
+        }
     atomic_write_text(volumes, json.dumps(payload, indent=2) + "\n")
     paths["volumes"] = volumes
     if prediction.probabilities is not None:
         prob_path = folder / f"{prefix}probabilities.nii.gz"
         paths["probabilities"] = write_nifti(prediction.probabilities, prob_path)
+    if prediction.uncertainty_map is not None:
+        map_path = folder / f"{prefix}uncertainty.nii.gz"
+        paths["uncertainty"] = write_nifti(prediction.uncertainty_map, map_path)
     return paths

@@ -79,8 +79,11 @@ class Segmenter:
             raise TypeError("bundle not loaded")
         return self.bundle
 
-    def probabilities(self, array: NDArray[Any], *, tta: bool | None = None) -> NDArray[np.float32]:
-        """Region probabilities of a preprocessed ``(C, x, y, z)`` array (network grid)."""
+    def probabilities(
+        self, array: NDArray[Any], *, tta: bool | None = None, members: bool = False
+    ) -> NDArray[np.float32]:
+        """Region probabilities of a preprocessed ``(C, x, y, z)`` array (network grid);
+        ``(M, R, x, y, z)`` TTA members with ``members=True``."""
         plan = self.loaded.plan
         return sliding_window_probabilities(
             self.network,
@@ -89,6 +92,7 @@ class Segmenter:
             overlap=plan.inference.overlap,
             tta_flips=plan.inference.tta_flips if tta is None else tta,
             batch_size=self.batch_size,
+            members=members,
         )
 
     def read(self, path: str | Path, *, missing: Sequence[str] = ()) -> ScalarImage:
@@ -109,7 +113,8 @@ class Segmenter:
 
         Args:
             image: The study, or the path of a NIfTI file or DICOM folder.
-            tta: Flip TTA; default from the bundle.
+            tta: Flip TTA; default from the bundle. With it the prediction carries an
+                uncertainty score and map (none without).
             keep_probabilities: Also return region probabilities (input grid).
             missing: Contrasts the study lacks (the model must have been trained with
                 channel dropout; :mod:`medai.preprocess.contrasts`).
@@ -122,8 +127,10 @@ class Segmenter:
         img = image if isinstance(image, ScalarImage) else self.read(image, missing=gone)
         check_input(self.loaded, img, gone)
 
+        flips = self.loaded.plan.inference.tta_flips if tta is None else tta
+
         def probabilities(array: NDArray[np.float32]) -> NDArray[np.float32]:
-            return self.probabilities(array, tta=tta)
+            return self.probabilities(array, tta=flips, members=flips)
 
         return segment_image(
             img,

@@ -133,14 +133,17 @@ def sliding_window_probabilities(
     overlap: float = 0.5,
     tta_flips: bool = False,
     batch_size: int = 2,
+    members: bool = False,
 ) -> NDArray[np.float32]:
     """Sigmoid region probabilities ``(R, *spatial)``, averaged over flip TTA if asked.
 
     Each flip of the image is blended into logits, passed through the sigmoid and
     flipped back, as :func:`medai.inference.predict_probabilities` does with MONAI.
+    With ``members=True`` the flips are returned unaveraged, ``(M, R, *spatial)``.
     """
     flips = flip_combinations(image.ndim - 1) if tta_flips else [()]
     total = np.zeros((), dtype=np.float32)
+    kept: list[NDArray[np.float32]] = []
     for axes in flips:
         channel_axes = tuple(a + 1 for a in axes)
         inp = np.flip(image, channel_axes) if axes else image
@@ -148,5 +151,11 @@ def sliding_window_probabilities(
             network, inp, window=window, overlap=overlap, batch_size=batch_size
         )
         prob = expit(logits).astype(np.float32)
-        total = total + (np.flip(prob, channel_axes) if axes else prob)
+        prob = np.flip(prob, channel_axes) if axes else prob
+        if members:
+            kept.append(prob)
+        else:
+            total = total + prob
+    if members:
+        return np.ascontiguousarray(np.stack(kept), dtype=np.float32)
     return np.ascontiguousarray(total / np.float32(len(flips)), dtype=np.float32)
