@@ -122,7 +122,7 @@ def test_runtime_and_numpy_inference_import_without_torch() -> None:
     assert res.returncode == 0, res.stderr
     assert "LEAKED []" in res.stdout
     assert "BLOCKED" in res.stdout  # the hook works: a torch import would have failed
-    assert "MODULES 5" in res.stdout  # bundle, outputs, predict, session, sliding
+    assert "MODULES 6" in res.stdout  # bundle, classify, outputs, predict, session, sliding
 
 
 def test_runtime_import_leaves_the_dataset_side_unloaded() -> None:

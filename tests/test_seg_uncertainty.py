@@ -49,10 +49,9 @@ def test_members_leave_the_labels_unchanged_and_carry_a_map(study: ScalarImage) 
     assert mean.probabilities is not None
     np.testing.assert_array_equal(pred.probabilities.array, mean.probabilities.array)
     assert int((pred.labels.array > 0).sum()) > 100  # a real tumour, not an empty answer
-    assert mean.uncertainty is None
-    assert mean.uncertainty_map is None
-    assert pred.uncertainty is not None
+    assert pred.uncertainty is not None and mean.uncertainty is not None
     assert pred.uncertainty > 0.0
+    assert mean.volume_spread_ml is None  # one (averaged) output: no spread to measure
     assert pred.uncertainty_region == "WT"
     # flipped members move the tumour by one voxel, not its size: the volumes agree
     assert pred.volume_spread_ml == pytest.approx(0.0)
@@ -63,9 +62,9 @@ def test_members_leave_the_labels_unchanged_and_carry_a_map(study: ScalarImage) 
     assert float(unc.array.min()) >= 0.0
     assert float(unc.array.max()) <= LOG2 + 1e-6
     assert float(unc.array.max()) > 0.3  # members disagree on the tumour border
-    plain = predict_case(run, study, tta=False)
-    assert plain.uncertainty is None
-    assert plain.uncertainty_map is None
+    plain = predict_case(run, study, tta=False)  # one pass: the entropy of its own output
+    assert plain.uncertainty is not None and plain.uncertainty >= 0.0
+    assert plain.uncertainty_map is not None and plain.volume_spread_ml is None
 
 
 def _box_members(shape: tuple[int, ...], grow: int, regions: int = 3) -> np.ndarray:
@@ -140,9 +139,12 @@ def test_write_prediction_writes_the_map_and_the_score(study: ScalarImage, tmp_p
     volumes = json.loads(paths["volumes"].read_text())
     assert volumes["uncertainty"]["score"] == pytest.approx(pred.uncertainty)
     assert volumes["uncertainty"]["region"] == "WT"
-    plain = write_prediction(predict_case(standin_run(), study), tmp_path / "case2.nii.gz")
-    assert "uncertainty" not in plain
-    assert "uncertainty" not in json.loads(plain["volumes"].read_text())
+    one = predict_case(standin_run(), study)  # one pass: the score of its own entropy
+    plain = write_prediction(one, tmp_path / "case2.nii.gz")
+    assert "uncertainty" in plain
+    assert json.loads(plain["volumes"].read_text())["uncertainty"]["score"] == pytest.approx(
+        one.uncertainty
+    )
 
 
 def _frame(n: int = 20) -> pd.DataFrame:
@@ -257,10 +259,11 @@ def test_segmenter_carries_the_score_and_map(study: ScalarImage, tmp_path: Path)
     assert ref.uncertainty_map is not None
     np.testing.assert_allclose(ours.uncertainty_map.array, ref.uncertainty_map.array, atol=1e-4)
     np.testing.assert_array_equal(ours.labels.array, ref.labels.array)
-    assert segmenter.predict(study, tta=False).uncertainty is None
+    single = segmenter.predict(study, tta=False)
+    assert single.uncertainty is not None and single.volume_spread_ml is None
 
 
-def test_predict_splits_writes_sidecars_only_with_tta(study: ScalarImage, tmp_path: Path) -> None:
+def test_predict_splits_writes_sidecars_with_and_without_tta(study: ScalarImage, tmp_path: Path) -> None:
     from medai.data import Case, Dataset, Splits
     from medai.io import write_nifti
     from medai.pipeline import predict_splits
@@ -278,4 +281,5 @@ def test_predict_splits_writes_sidecars_only_with_tta(study: ScalarImage, tmp_pa
     assert score == pytest.approx(predict_case(standin_run(plan), study, tta=True).uncertainty)
     predict_splits(standin_run(plan), dataset, {"test": [case]}, preds, tta=False)
     assert (preds / "test" / "a.nii.gz").is_file()
-    assert not sidecar.exists()
+    one = read_case_uncertainty(sidecar)  # one pass: its own entropy, not the members'
+    assert one == pytest.approx(predict_case(standin_run(plan), study, tta=False).uncertainty)

@@ -213,7 +213,9 @@ def segmentation_uncertainty(
     """Case-level uncertainty of one region from ``M`` members' probability maps.
 
     Args:
-        member_probs: ``(M, R, *spatial)`` sigmoid region probabilities, ``M >= 2``.
+        member_probs: ``(M, R, *spatial)`` sigmoid region probabilities of ``M >= 1``
+            members (TTA or ensemble). With one member the score is the entropy of its
+            own probabilities and the volume spread is 0.
         threshold: A voxel is in the region where ``probability >= threshold``.
         region_index: Which region (axis 1) to assess.
         spacing_ml: Volume of one voxel in mL (product of the spacing in mm / 1000).
@@ -224,8 +226,6 @@ def segmentation_uncertainty(
     probs = _probs(
         member_probs, name="member_probs", ndims=tuple(range(3, 8)), shape="(M, R, *spatial)"
     )
-    if probs.shape[0] < 2:
-        raise ValueError(f"member_probs has {probs.shape[0]} member; volume spread needs >= 2")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), e.g. 0.5; got {threshold}")
     if not (np.isfinite(spacing_ml) and spacing_ml > 0):

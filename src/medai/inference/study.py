@@ -40,8 +40,9 @@ ProbabilityFn = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 class Prediction:
     """A prediction on the input grid.
 
-    With TTA members (``M > 1``) the prediction carries its uncertainty about the
-    largest region (``uncertainty_region``, e.g. WT), from
+    Every prediction carries its uncertainty about the largest region
+    (``uncertainty_region``, e.g. WT; with TTA members ``M > 1`` their disagreement is
+    included, and ``volume_spread_ml`` is set), from
     :func:`medai.evaluation.segmentation_uncertainty` on the network grid: ``uncertainty``
     is the mean voxel entropy (nats) of the members' mean probability inside the region,
     ``volume_spread_ml`` the spread of the members' volumes, and ``uncertainty_map`` the
@@ -106,7 +107,7 @@ def segment_image(
         plan: The model's plan (preprocessing, regions, post-processing).
         probabilities: The network with its sliding window and TTA; when it returns
             ``M > 1`` TTA members, their mean is post-processed (the same labels as
-            from the averaged output) and the prediction carries their uncertainty.
+            from the averaged output) and their disagreement enters the uncertainty.
         keep_probabilities: Also return region probabilities (input grid).
         missing: Contrasts the study lacks (:mod:`medai.preprocess.contrasts`).
 
@@ -127,8 +128,6 @@ def segment_image(
     volumes = region_volumes_ml(labels.array[0], plan.regions, img.spacing)
     kept = on_input.with_array(on_input.array) if keep_probabilities else None
     used, gone = img.meta["contrasts_used"], img.meta["contrasts_missing"]
-    if members.shape[0] < 2:
-        return Prediction(labels, kept, volumes, tuple(used), tuple(gone))
     region = max(plan.regions, key=lambda name: len(plan.regions[name]))  # WT for BraTS
     index = list(plan.regions).index(region)
     spacing_ml = float(np.prod(pre.image.spacing)) / 1000.0
@@ -137,7 +136,8 @@ def segment_image(
     return Prediction(
         labels, kept, volumes, tuple(used), tuple(gone),
         uncertainty=unc.score, uncertainty_map=_back_to_input(entropy, pre.record),
-        volume_spread_ml=unc.volume_spread_ml, uncertainty_region=region,
+        volume_spread_ml=unc.volume_spread_ml if members.shape[0] > 1 else None,
+        uncertainty_region=region,
     )  # fmt: skip
 
 
