@@ -358,6 +358,8 @@ class _Trainer:
             if st.best_score is not None
             else None
         )
+        if self.dist.distributed:  # rank 0 has written model.pt before anyone reads it
+            torch.distributed.barrier()
         if best is not None:  # finalise with the best weights
             payload = torch.load(self.out / "model.pt", map_location="cpu", weights_only=False)
             self.net.load_state_dict(payload["model"])
