@@ -88,7 +88,7 @@ def test_plan_preprocess_train_predict_cli(tmp_path: Path, monkeypatch: pytest.M
     # paths relative to the working directory, as `make demo` passes them
     monkeypatch.chdir(tmp_path)
     paths = deploy_step(run.relative_to(tmp_path), msd.relative_to(tmp_path), Path("deploy"))
-    assert set(paths) == {"labels", "volumes", "seg", "sr"}
+    assert set(paths) == {"labels", "volumes", "uncertainty", "seg", "sr"}
     deployed = read_nifti(paths["labels"])
     assert np.count_nonzero(deployed.array) > 0
     assert pydicom.dcmread(paths["seg"]).Modality == "SEG"
