@@ -49,7 +49,8 @@ def test_members_leave_the_labels_unchanged_and_carry_a_map(study: ScalarImage) 
     assert mean.probabilities is not None
     np.testing.assert_array_equal(pred.probabilities.array, mean.probabilities.array)
     assert int((pred.labels.array > 0).sum()) > 100  # a real tumour, not an empty answer
-    assert pred.uncertainty is not None and mean.uncertainty is not None
+    assert pred.uncertainty is not None
+    assert mean.uncertainty is not None
     assert pred.uncertainty > 0.0
     assert mean.volume_spread_ml is None  # one (averaged) output: no spread to measure
     assert pred.uncertainty_region == "WT"
@@ -63,8 +64,10 @@ def test_members_leave_the_labels_unchanged_and_carry_a_map(study: ScalarImage) 
     assert float(unc.array.max()) <= LOG2 + 1e-6
     assert float(unc.array.max()) > 0.3  # members disagree on the tumour border
     plain = predict_case(run, study, tta=False)  # one pass: the entropy of its own output
-    assert plain.uncertainty is not None and plain.uncertainty >= 0.0
-    assert plain.uncertainty_map is not None and plain.volume_spread_ml is None
+    assert plain.uncertainty is not None
+    assert plain.uncertainty >= 0.0
+    assert plain.uncertainty_map is not None
+    assert plain.volume_spread_ml is None
 
 
 def _box_members(shape: tuple[int, ...], grow: int, regions: int = 3) -> np.ndarray:
@@ -260,10 +263,13 @@ def test_segmenter_carries_the_score_and_map(study: ScalarImage, tmp_path: Path)
     np.testing.assert_allclose(ours.uncertainty_map.array, ref.uncertainty_map.array, atol=1e-4)
     np.testing.assert_array_equal(ours.labels.array, ref.labels.array)
     single = segmenter.predict(study, tta=False)
-    assert single.uncertainty is not None and single.volume_spread_ml is None
+    assert single.uncertainty is not None
+    assert single.volume_spread_ml is None
 
 
-def test_predict_splits_writes_sidecars_with_and_without_tta(study: ScalarImage, tmp_path: Path) -> None:
+def test_predict_splits_writes_sidecars_with_and_without_tta(
+    study: ScalarImage, tmp_path: Path
+) -> None:
     from medai.data import Case, Dataset, Splits
     from medai.io import write_nifti
     from medai.pipeline import predict_splits

@@ -63,11 +63,13 @@ def test_stored_threshold_rescues_a_95_to_5_task(tmp_path: Path) -> None:
     )
     sets = ["train.epochs=8", "target.imbalance=none", "target.policy=youden", *SMALL]
     plan = make_plan(data, time_budget_s=None, device="cpu", probe=False, overrides=sets)
-    assert plan.task is TaskKind.BINARY and plan.input.size == (32, 32)
+    assert plan.task is TaskKind.BINARY
+    assert plan.input.size == (32, 32)
     train(data, plan, tmp_path / "run", device="cpu")
     table = _test_table(tmp_path / "run", data)
     stored = load_run(tmp_path / "run", device="cpu").plan.target.threshold
-    assert stored is not None and stored < 0.5
+    assert stored is not None
+    assert stored < 0.5
     argmax = compute_balanced_accuracy(table.truth, (table.output >= 0.5).astype(int))
     policy = compute_balanced_accuracy(table.truth, table.decision)
     assert compute_roc_auc(table.truth, table.output) > 0.75  # at most ≈ 0.88 with decoys
@@ -92,7 +94,8 @@ def test_multiclass_and_regression_learn(tmp_path: Path) -> None:
     data = _blobs(tmp_path / "mc.npz", sizes=sizes, positive=0.5, amplitude=0, label=side)
     plan = make_plan(data, time_budget_s=None, device="cpu", probe=False,
                      overrides=["train.epochs=6", *SMALL])  # fmt: skip
-    assert plan.task is TaskKind.MULTICLASS and plan.classes == ["0", "1", "2"]
+    assert plan.task is TaskKind.MULTICLASS
+    assert plan.classes == ["0", "1", "2"]
     result = train(data, plan, tmp_path / "mc", device="cpu")
     assert result.best_score > 0.8  # validation macro ROC-AUC
     table = _test_table(tmp_path / "mc", data)

@@ -135,7 +135,8 @@ def test_segmentation_uncertainty_of_agreeing_and_empty_members() -> None:
 def test_segmentation_uncertainty_errors() -> None:
     members = np.full((2, 1, 4, 4), 0.5)
     one = segmentation_uncertainty(members[:1], spacing_ml=1.0)  # one pass: its own entropy
-    assert one.score == pytest.approx(np.log(2)) and one.volume_spread_ml == 0.0
+    assert one.score == pytest.approx(np.log(2))
+    assert one.volume_spread_ml == 0.0
     with pytest.raises(ValueError, match="spacing_ml"):
         segmentation_uncertainty(members, spacing_ml=0.0)
     with pytest.raises(ValueError, match="threshold"):
