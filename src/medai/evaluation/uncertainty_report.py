@@ -180,7 +180,7 @@ def uncertainty_section(
     )
     section = ReportSection("Uncertainty", paragraphs=[text], tables=[table], figures=figures)
     document = {
-        "measure": "mean voxel entropy (nats) inside the largest region, TTA members",
+        "measure": "mean voxel entropy (nats) inside the largest region (TTA: of the mean)",
         "refer_fraction": REFER_FRACTION,
         "splits": results,
     }
