@@ -126,6 +126,12 @@ def _count(value: Any) -> str:
     return "not recorded" if value is None else str(value)
 
 
+SUBGROUP_NOTE = "Subgroup analysis (mean Dice) is in model_card.json."
+NOT_EVALUATED = (
+    "The run has not been evaluated (`medai evaluate RUN`); no metrics with intervals to report."
+)
+
+
 def render_model_card(card: Mapping[str, Any]) -> str:
     """``model_card.md``: the same card, for people."""
     data = card["training_data"]
@@ -154,35 +160,36 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         lines += [f"Best epoch {val['best_epoch']}: Dice {dice} ({val['note']}).", ""]
     else:
         lines += ["No validation record.", ""]
-    lines += ["## Evaluation", ""]
-    ev = card.get("evaluation")
-    if ev and ev.get("splits"):
-        for split, part in ev["splits"].items():
-            lines.append(f"**{split}** ({part['n_cases']} cases, {part['n_patients']} patients)")
-            lines += [f"- {metric}: {_ci_text(ci)}" for metric, ci in part["metrics"].items()]
-            lines.append("")
-        if ev.get("subgroups"):
-            lines += ["Subgroup analysis (mean Dice) is in model_card.json.", ""]
-    else:
-        lines += [
-            "The run has not been evaluated (`medai evaluate RUN`); no metrics with "
-            "intervals to report.",
-            "",
-        ]
+    lines += evaluation_lines(card, subgroups=SUBGROUP_NOTE)
     par = card["export_parity"]
-    lines += [
-        "## Export check",
-        "",
+    check = (
         f"ONNX Runtime vs PyTorch on {par['cases']} preprocessed training case(s): max "
         f"|Δp| {par['max_abs_diff']:.2e}, lowest region Dice "
-        f"{min(par['min_dice'].values()):.4f}.",
-        "",
-        "## Limitations",
-        "",
-        *(f"- {item}" for item in card["limitations"]),
-        "",
-    ]
-    return "\n".join(lines)
+        f"{min(par['min_dice'].values()):.4f}."
+    )
+    return "\n".join(lines + closing_lines(card, check))
+
+
+def evaluation_lines(card: Mapping[str, Any], *, subgroups: str | None = None) -> list[str]:
+    """A card's "Evaluation" section: each split's metrics with their intervals (and
+    ``subgroups`` when the card holds a subgroup analysis), or why there are none."""
+    lines = ["## Evaluation", ""]
+    ev = card.get("evaluation")
+    if not (ev and ev.get("splits")):
+        return [*lines, NOT_EVALUATED, ""]
+    for split, part in ev["splits"].items():
+        lines.append(f"**{split}** ({part['n_cases']} cases, {part['n_patients']} patients)")
+        lines += [f"- {metric}: {_ci_text(ci)}" for metric, ci in part["metrics"].items()]
+        lines.append("")
+    if subgroups and ev.get("subgroups"):
+        lines += [subgroups, ""]
+    return lines
+
+
+def closing_lines(card: Mapping[str, Any], check: str) -> list[str]:
+    """A card's "Export check" (the parity sentence ``check``) and "Limitations"."""
+    limits = [f"- {item}" for item in card["limitations"]]
+    return ["## Export check", "", check, "", "## Limitations", "", *limits, ""]
 
 
 def reference_distribution(

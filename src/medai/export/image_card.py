@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medai.export.card import _ci_text, _count, _read_json
+from medai.export.card import _count, _read_json, closing_lines, evaluation_lines
 from medai.inference.outputs import ImagePrediction
 from medai.preprocess.plan import Plan, TaskKind, ThresholdPolicy
 
@@ -172,31 +172,15 @@ def render_image_model_card(card: Mapping[str, Any]) -> str:
         lines += [f"Best epoch {val['best_epoch']}: {figures}.", ""]
     else:
         lines += ["No validation record.", ""]
-    lines += ["## Evaluation", ""]
-    ev = card.get("evaluation")
-    if ev and ev.get("splits"):
-        for split, part in ev["splits"].items():
-            lines.append(f"**{split}** ({part['n_cases']} cases, {part['n_patients']} patients)")
-            lines += [f"- {metric}: {_ci_text(ci)}" for metric, ci in part["metrics"].items()]
-            lines.append("")
-    else:
-        lines += ["The run has not been evaluated (`medai evaluate RUN`); no metrics with "
-                  "intervals to report.", ""]  # fmt: skip
+    lines += evaluation_lines(card)
     par = card["export_parity"]
     agree = par["decision_agreement"]
-    lines += [
-        "## Export check",
-        "",
+    check = (
         f"ONNX Runtime vs PyTorch on {par['cases']} preprocessed training case(s): max "
         f"|Δlogit| {par['max_abs_diff']:.2e}, decisions agree "
-        f"{'n/a' if agree is None else f'{agree:.0%}'}.",
-        "",
-        "## Limitations",
-        "",
-        *(f"- {item}" for item in card["limitations"]),
-        "",
-    ]
-    return "\n".join(lines)
+        f"{'n/a' if agree is None else f'{agree:.0%}'}."
+    )
+    return "\n".join(lines + closing_lines(card, check))
 
 
 def _summary(values: Sequence[float]) -> dict[str, Any]:
