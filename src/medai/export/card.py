@@ -60,6 +60,14 @@ def _evaluation(run_dir: Path | None) -> dict[str, Any] | None:
     return {"created": doc.get("created"), "splits": splits, "subgroups": subgroups}
 
 
+def run_records(run_dir: Path | None) -> tuple[Any, Any, Any, Any]:
+    """A training run's ``split.json``, ``validation.json``, ``kpis.json`` and
+    ``run.json`` (each None when missing, or all None without a run folder)."""
+    names = ("split.json", "validation.json", "kpis.json", "run.json")
+    split, validation, kpis, run = (_read_json(run_dir / n) if run_dir else None for n in names)
+    return split, validation, kpis, run
+
+
 def build_model_card(
     plan: Plan,
     *,
@@ -70,10 +78,7 @@ def build_model_card(
     reference_cases: int,
 ) -> dict[str, Any]:
     """The model card as a JSON document (``model_card.json``)."""
-    split = _read_json(run_dir / "split.json") if run_dir else None
-    validation = _read_json(run_dir / "validation.json") if run_dir else None
-    kpis = _read_json(run_dir / "kpis.json") if run_dir else None
-    run = _read_json(run_dir / "run.json") if run_dir else None
+    split, validation, kpis, run = run_records(run_dir)
     regions = ", ".join(plan.regions)
     return {
         "name": name,

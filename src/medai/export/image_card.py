@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medai.export.card import _count, _read_json, closing_lines, evaluation_lines
+from medai.export.card import _count, _read_json, closing_lines, evaluation_lines, run_records
 from medai.inference.outputs import ImagePrediction
 from medai.preprocess.plan import Plan, TaskKind, ThresholdPolicy
 
@@ -83,10 +83,7 @@ def build_image_model_card(
     reference_cases: int,
 ) -> dict[str, Any]:
     """The model card of an image → label / number bundle (``model_card.json``)."""
-    split = _read_json(run_dir / "split.json") if run_dir else None
-    validation = _read_json(run_dir / "validation.json") if run_dir else None
-    kpis = _read_json(run_dir / "kpis.json") if run_dir else None
-    run = _read_json(run_dir / "run.json") if run_dir else None
+    split, validation, kpis, run = run_records(run_dir)
     what = "a number" if plan.task is TaskKind.REGRESSION else ", ".join(plan.classes)
     size = " × ".join(str(s) for s in plan.input.size)
     return {
