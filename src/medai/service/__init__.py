@@ -1,0 +1,1 @@
+"""``medai serve``: the hospital loop — DICOM in, selection, jobs under allocations, results out."""
