@@ -172,7 +172,8 @@ class Series(Base):
 
 
 class Instance(Base):
-    """One stored instance: where its file is (relative to the archive root) and its hash."""
+    """One stored instance: where its file is (relative to the archive root), its hash,
+    and its header as DICOM JSON without bulk data (what WADO-RS metadata serves)."""
 
     __tablename__ = "instances"
     __table_args__ = (UniqueConstraint("project_id", "sop_uid"),)
@@ -186,6 +187,7 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     transfer_syntax: Mapped[str] = mapped_column(UID, default="")
+    header: Mapped[dict[str, Any]] = mapped_column(default=dict)
     received: Mapped[dt.datetime] = mapped_column(WHEN, default=utcnow)
 
 

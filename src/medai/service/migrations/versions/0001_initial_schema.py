@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 18:44:11.850184
+Create Date: 2026-12-03 18:44:39.886803
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("transfer_syntax", sa.String(length=64), nullable=False),
+        sa.Column("header", sa.JSON(), nullable=False),
         sa.Column("received", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["series_id"], ["series.id"], ondelete="CASCADE"),
