@@ -26,8 +26,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs on SQLite; where MEDAI_TEST_PG names a PostgreSQL server (.ci/run starts
+# one on loopback) the service tests run a second time against it.
 pytest: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile
+	env -u MEDAI_TEST_PG $(BIN)/pytest -n 2 --dist loadfile
+	@if [ -n "$${MEDAI_TEST_PG:-}" ]; then \
+	  echo "service tests again on PostgreSQL"; \
+	  $(BIN)/pytest -n 2 --dist loadfile tests/test_service_*.py; fi
 
 test: lint typecheck pytest
 
