@@ -1,4 +1,6 @@
-"""``medai export RUN OUT`` and ``medai predict MODEL INPUT… --out DIR``.
+"""``medai export RUN [RUN …] OUT`` and ``medai predict MODEL INPUT… --out DIR``.
+
+Several runs of one plan export as one ensemble bundle (the runtime averages them).
 
 ``predict`` runs a bundle with the torch-free runtime (:mod:`medai.runtime`); given a
 training run folder instead, it exports a bundle on the fly first (that step needs
@@ -39,7 +41,7 @@ _IMAGE_SUFFIXES = (
 
 
 def export_with_progress(
-    run: Path,
+    run: Path | list[Path],
     out: Path,
     *,
     dataset: Path | None,
@@ -49,7 +51,8 @@ def export_with_progress(
     version: str = "1",
     reference_cases: int = 50,
 ) -> ExportResult:
-    """:func:`medai.export.export_run` with a progress bar naming each stage."""
+    """:func:`medai.export.export_run` with a progress bar naming each stage (several
+    runs: one ensemble bundle)."""
     from medai.export import export_run
 
     with progress() as bar:
@@ -72,7 +75,9 @@ def export_with_progress(
 
 
 def export_cmd(
-    run: Path = typer.Argument(..., help="Training run folder (holds model.pt)."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Training run folder (holds model.pt); several of one plan: an ensemble."
+    ),
     out: Path = typer.Argument(..., help="Bundle folder to write (a .zip file with --zip)."),
     as_zip: bool = typer.Option(False, "--zip", help="Write one .zip archive."),
     dataset: Path | None = typer.Option(None, help="Training dataset, if run.json lacks it."),
@@ -82,12 +87,13 @@ def export_cmd(
     reference_cases: int = typer.Option(50, min=0, help="Training cases for the reference."),
 ) -> None:
     """Export a run as a bundle: ONNX model checked against PyTorch, plan, model card,
-    reference volumes, manifest with checksums."""
+    reference volumes, manifest with checksums. Several runs trained from one plan
+    become one ensemble bundle whose members' outputs the runtime averages."""
     from medai.export import ParityReport
 
     with user_errors():
         result = export_with_progress(
-            run,
+            runs[0] if len(runs) == 1 else runs,
             out,
             dataset=dataset,
             as_zip=as_zip,
@@ -102,8 +108,10 @@ def export_cmd(
     else:
         agree = "n/a" if par.decision_agreement is None else f"{par.decision_agreement:.0%}"
         figures = f"max |Δlogit| {par.max_abs_diff:.1e}, decisions agree {agree}"
+    what = f"ensemble of {len(par.members)}: " if par.members else ""
     console.print(
-        f"parity on {par.cases} case(s): {figures} · {len(result.files) + 1} files → {result.path}"
+        f"parity on {par.cases} case(s): {what}{figures} · {len(result.files) + 1} files → "
+        f"{result.path}"
     )
 
 

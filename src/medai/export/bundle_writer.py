@@ -28,11 +28,12 @@ import numpy as np
 from medai import __version__
 from medai.errors import ExportError
 from medai.export.card import build_model_card, reference_distribution, render_model_card
+from medai.export.ensemble import check_same_plan, ensemble_card, ensemble_members
 from medai.export.onnx_export import (
     OPSET,
     ImageParityReport,
     ParityReport,
-    check_parity,
+    check_ensemble_parity,
     export_onnx,
 )
 from medai.fsutil import atomic_path, atomic_write_bytes, fsync_dir, fsync_tree
@@ -137,12 +138,12 @@ def _bundle_info(loaded: LoadedRun, name: str, version: str) -> dict[str, Any]:
 
 
 def export_bundle(
-    loaded: LoadedRun,
+    loaded: LoadedRun | Sequence[LoadedRun],
     out: str | Path,
     *,
     parity_cases: Sequence[ScalarImage],
     reference_cases: Sequence[tuple[str, ScalarImage | Callable[[], ScalarImage]]] = (),
-    run_dir: str | Path | None = None,
+    run_dir: str | Path | Sequence[str | Path] | None = None,
     name: str | None = None,
     version: str = "1",
     as_zip: bool = False,
@@ -154,13 +155,15 @@ def export_bundle(
     """Export ``loaded`` as a bundle at ``out`` (a folder, or a ``.zip`` file).
 
     Args:
-        loaded: The PyTorch model and its plan.
+        loaded: The PyTorch model and its plan; or ``k >= 2`` of them sharing one plan,
+            exported as one ensemble bundle (the first one's plan leads).
         out: Bundle folder, or zip path when ``as_zip``.
         parity_cases: Studies whose preprocessed arrays both engines must agree on.
         reference_cases: ``(case_id, study or study loader)`` pairs for the reference
             distribution (loaders keep one study in memory at a time).
-        run_dir: The training run, for the model card's records.
-        name: Bundle name (default: the run folder's or ``out``'s name).
+        run_dir: The training run (one per model of an ensemble), for the model card's
+            records (the first run's) and the members' names.
+        name: Bundle name (default: the (first) run folder's or ``out``'s name).
         version: Bundle version.
         as_zip: Write one zip archive instead of a folder.
         overwrite: Replace an existing ``out``.
@@ -169,30 +172,39 @@ def export_bundle(
         progress: Called as ``progress(stage, done, total)``.
 
     Raises:
-        ExportError: If ``out`` exists (without ``overwrite``) or nothing can be checked.
-        ParityError: If ONNX Runtime does not reproduce PyTorch.
+        ExportError: If ``out`` exists (without ``overwrite``), nothing can be checked,
+            or an ensemble's runs do not share one plan.
+        ParityError: If ONNX Runtime does not reproduce PyTorch (for an ensemble: any
+            member, or the ensemble's mean).
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; choose another output or pass overwrite (--force)")
-    plan = loaded.plan
-    name = name or (Path(run_dir).name if run_dir else out.name.removesuffix(".zip"))
+    runs, dirs = _members_of(loaded, run_dir)
+    labels = [d.name if d else f"member {i}" for i, d in enumerate(dirs)]
+    check_same_plan([r.plan for r in runs], labels)
+    plan = runs[0].plan
+    name = name or (dirs[0].name if dirs[0] else out.name.removesuffix(".zip"))
     tell = progress or (lambda stage, done, total: None)
     tell("onnx", 0, 1)
-    model_bytes = export_onnx(
-        loaded.model, in_channels=len(plan.channels), window=plan.train.patch_size
-    )
-    network = OnnxNetwork(model_bytes, device="cpu")
+    channels, window = len(plan.channels), plan.train.patch_size
+    models = [export_onnx(r.model, in_channels=channels, window=window) for r in runs]
+    networks = [OnnxNetwork(m, device="cpu") for m in models]
     inputs = []
     for i, image in enumerate(parity_cases):
         tell("parity", i, len(parity_cases))
         inputs.append(preprocess_image(image, plan.preprocess).image.array.astype(np.float32))
-    parity = check_parity(
-        loaded.model, network, plan, inputs, tolerance=tolerance, dice_floor=dice_floor
-    )
+    parity = check_ensemble_parity(
+        [r.model for r in runs], networks, [r.plan for r in runs], inputs,
+        tolerance=tolerance, dice_floor=dice_floor,
+    )  # fmt: skip
     log.info("parity on %d cases: max |dp| %.2e", parity.cases, parity.max_abs_diff)
-    info = _bundle_info(loaded, name, version)
-    segmenter = Segmenter(Bundle(out, info, plan, model_bytes, {}), device="cpu")
+    model_files, listed, members = ensemble_members(models, [r.plan for r in runs], labels)
+    info = _bundle_info(runs[0], name, version)
+    if listed:
+        info["members"] = listed
+        info["files"]["model"] = [entry["model"] for entry in listed]
+    segmenter = Segmenter(Bundle(out, info, plan, models[0], {}, "", members), device="cpu")
     volumes, ids = [], []
     for i, (case_id, study) in enumerate(reference_cases):
         tell("reference", i, len(reference_cases))
@@ -203,12 +215,14 @@ def export_bundle(
         plan,
         name=name,
         version=version,
-        run_dir=Path(run_dir) if run_dir else None,
+        run_dir=dirs[0],
         parity=parity.to_json(),
         reference_cases=len(ids),
     )
+    if listed:
+        card["ensemble"] = ensemble_card(listed)
     files: dict[str, bytes] = {
-        "model.onnx": model_bytes,
+        **model_files,
         "bundle.json": _json_bytes(info),
         "plan.json": _json_bytes(plan.model_dump(mode="json")),
         "reference.json": _json_bytes(reference_distribution(volumes, ids)),
@@ -223,6 +237,21 @@ def export_bundle(
     tell("done", 1, 1)
     sums = {k: v["sha256"] for k, v in manifest["files"].items()}
     return ExportResult(out, parity, sums)
+
+
+def _members_of(
+    loaded: LoadedRun | Sequence[LoadedRun], run_dir: str | Path | Sequence[str | Path] | None
+) -> tuple[list[LoadedRun], list[Path | None]]:
+    """The models of a bundle and their run folders (``None`` where not given)."""
+    runs = [loaded] if isinstance(loaded, LoadedRun) else list(loaded)
+    if not runs:
+        raise ExportError("export needs at least one model; none was given")
+    if run_dir is None:
+        return runs, [None] * len(runs)
+    dirs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(d) for d in run_dir]
+    if len(dirs) != len(runs):
+        raise ExportError(f"{len(runs)} models but {len(dirs)} run folders; give one each")
+    return runs, list(dirs)
 
 
 def _publish(files: dict[str, bytes], out: Path, *, as_zip: bool) -> None:
@@ -279,7 +308,7 @@ def _training_cases(run: Path, dataset: str | Path | None) -> list[SegCase]:
 
 
 def export_run(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     dataset: str | Path | None = None,
@@ -293,12 +322,14 @@ def export_run(
 ) -> ExportResult:
     """Export a training run: its ``model.pt`` checked on its own training cases.
 
-    Classification and regression runs go to
-    :func:`medai.export.image_export.export_image_run` (fixed-size input, parity on
-    logits and decisions, reference outputs on training and validation cases).
+    Given ``k >= 2`` runs of one plan, export them as one ensemble bundle, checked on
+    the first run's training cases (whose plan leads). Classification and regression
+    runs go to :func:`medai.export.image_export.export_image_run` (fixed-size input,
+    parity on logits and decisions, reference outputs on training and validation cases).
 
     Args:
-        run_dir: Training run folder (``model.pt``, ``run.json``, ``split.json``).
+        run_dir: Training run folder (``model.pt``, ``run.json``, ``split.json``), or
+            several for an ensemble.
         out: Bundle folder, or ``.zip`` path with ``as_zip``.
         dataset: The training dataset, when ``run.json`` does not name it.
         parity_cases: Training cases compared between ONNX Runtime and PyTorch
@@ -306,23 +337,30 @@ def export_run(
         reference_cases: Training cases whose predicted volumes form the reference.
 
     Raises:
-        ExportError: If the run has no weights or its dataset cannot be found.
+        ExportError: If a run has no weights, its dataset cannot be found, or an
+            ensemble's runs do not share one plan (naming the first differing field).
         ParityError: If ONNX Runtime does not reproduce PyTorch.
     """
-    run = Path(run_dir)
-    if not (run / "model.pt").is_file():
-        raise ExportError(f"{run} has no model.pt; export a finished training run (medai train)")
-    loaded = load_run(run, device="cpu")
-    if loaded.plan.task is not TaskKind.SEGMENTATION:
+    runs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(r) for r in run_dir]
+    if not runs:
+        raise ExportError("export needs at least one training run; none was given")
+    for run in runs:
+        if not (run / "model.pt").is_file():
+            raise ExportError(
+                f"{run} has no model.pt; export a finished training run (medai train)"
+            )
+    loaded = [load_run(run, device="cpu") for run in runs]
+    check_same_plan([one.plan for one in loaded], [run.name for run in runs])
+    if loaded[0].plan.task is not TaskKind.SEGMENTATION:
         from medai.export.image_export import export_image_run
 
         return export_image_run(
-            run, loaded, out, dataset=dataset,
+            runs, loaded, out, dataset=dataset,
             parity_cases=16 if parity_cases is None else parity_cases,
             reference_cases=reference_cases, progress=progress,
             as_zip=as_zip, overwrite=overwrite, name=name, version=version,
         )  # fmt: skip
-    cases = _training_cases(run, dataset)
+    cases = _training_cases(runs[0], dataset)
     parity_cases = 2 if parity_cases is None else parity_cases
     if parity_cases < 1 or not cases:
         raise ExportError("export needs at least one training case to check the ONNX model on")
@@ -333,7 +371,7 @@ def export_run(
         out,
         parity_cases=parity,
         reference_cases=reference,
-        run_dir=run,
+        run_dir=runs,
         name=name,
         version=version,
         as_zip=as_zip,

@@ -192,9 +192,22 @@ def evaluation_lines(card: Mapping[str, Any], *, subgroups: str | None = None) -
 
 
 def closing_lines(card: Mapping[str, Any], check: str) -> list[str]:
-    """A card's "Export check" (the parity sentence ``check``) and "Limitations"."""
+    """A card's "Ensemble" (when it is one), "Export check" (the parity sentence
+    ``check``) and "Limitations"."""
     limits = [f"- {item}" for item in card["limitations"]]
-    return ["## Export check", "", check, "", "## Limitations", "", *limits, ""]
+    ensemble = card.get("ensemble")
+    lines = []
+    if ensemble:
+        lines = [
+            "## Ensemble",
+            "",
+            f"An ensemble of {ensemble['members']} models: {ensemble['combination']}. "
+            f"Lead {ensemble['lead']}.",
+            "",
+            *(f"- member {i}: run {run}" for i, run in enumerate(ensemble["runs"])),
+            "",
+        ]
+    return [*lines, "## Export check", "", check, "", "## Limitations", "", *limits, ""]
 
 
 def reference_distribution(

@@ -23,15 +23,17 @@ from medai.export.bundle_writer import (
     ExportResult,
     Progress,
     _json_bytes,
+    _members_of,
     _publish,
     _versions,
 )
+from medai.export.ensemble import check_same_plan, ensemble_card, ensemble_members
 from medai.export.image_card import (
     build_image_model_card,
     image_reference_distribution,
     render_image_model_card,
 )
-from medai.export.onnx_export import check_image_parity, export_onnx
+from medai.export.onnx_export import check_ensemble_image_parity, export_onnx
 from medai.inference.predict import LoadedRun
 from medai.preprocess.plan import Plan, TaskKind
 from medai.runtime.bundle import (
@@ -102,13 +104,13 @@ def image_bundle_info(plan: Plan, name: str, version: str) -> dict[str, Any]:
 
 
 def export_image_bundle(
-    loaded: LoadedRun,
+    loaded: LoadedRun | Sequence[LoadedRun],
     out: str | Path,
     *,
     parity_inputs: np.ndarray,
     reference_inputs: np.ndarray,
     reference_ids: Sequence[str] = (),
-    run_dir: str | Path | None = None,
+    run_dir: str | Path | Sequence[str | Path] | None = None,
     name: str | None = None,
     version: str = "1",
     as_zip: bool = False,
@@ -120,47 +122,63 @@ def export_image_bundle(
     """Export a classification / regression model as a bundle at ``out``.
 
     Args:
-        loaded: The PyTorch model and its plan.
+        loaded: The PyTorch model and its plan; or ``k >= 2`` of them sharing one plan,
+            exported as one ensemble bundle (the first one's plan leads).
         out: Bundle folder, or zip path when ``as_zip``.
         parity_inputs: Preprocessed ``(N, C, *size)`` cases both engines must agree on.
         reference_inputs: Preprocessed cases whose predictions form the reference.
         reference_ids: Their case ids.
+        run_dir: The training run (one per model of an ensemble).
         tolerance: Largest accepted logit difference, ONNX vs PyTorch.
         agreement_floor: Lowest accepted share of equal decisions.
 
     Raises:
-        ExportError: If ``out`` exists (without ``overwrite``) or nothing can be checked.
-        ParityError: If ONNX Runtime does not reproduce PyTorch.
+        ExportError: If ``out`` exists (without ``overwrite``), nothing can be checked,
+            or an ensemble's runs do not share one plan.
+        ParityError: If ONNX Runtime does not reproduce PyTorch (any member, or the
+            ensemble).
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; choose another output or pass overwrite (--force)")
-    plan = loaded.plan
-    name = name or (Path(run_dir).name if run_dir else out.name.removesuffix(".zip"))
+    runs, dirs = _members_of(loaded, run_dir)
+    labels = [d.name if d else f"member {i}" for i, d in enumerate(dirs)]
+    plans = [r.plan for r in runs]
+    check_same_plan(plans, labels)
+    plan = plans[0]
+    name = name or (dirs[0].name if dirs[0] else out.name.removesuffix(".zip"))
     tell = progress or (lambda stage, done, total: None)
     tell("onnx", 0, 1)
-    model_bytes = export_onnx(
-        loaded.model, in_channels=len(plan.channels), window=plan.input.size,
-        dynamic_spatial=False,
-    )  # fmt: skip
+    models = [
+        export_onnx(r.model, in_channels=len(plan.channels), window=plan.input.size,
+                    dynamic_spatial=False)
+        for r in runs
+    ]  # fmt: skip
     tell("parity", 0, 1)
-    network = OnnxNetwork(model_bytes, device="cpu")
-    parity = check_image_parity(
-        loaded.model, network, plan, np.asarray(parity_inputs, np.float32),
+    networks = [OnnxNetwork(m, device="cpu") for m in models]
+    parity = check_ensemble_image_parity(
+        [r.model for r in runs], networks, plans, np.asarray(parity_inputs, np.float32),
         tolerance=tolerance, agreement_floor=agreement_floor,
     )  # fmt: skip
     log.info("parity on %d cases: max |dlogit| %.2e", parity.cases, parity.max_abs_diff)
+    model_files, listed, members = ensemble_members(models, plans, labels)
     info = image_bundle_info(plan, name, version)
+    if listed:
+        info["members"] = listed
+        info["files"]["model"] = [entry["model"] for entry in listed]
     tell("reference", 0, 1)
-    classifier = Classifier(Bundle(out, info, plan, model_bytes, {}), device="cpu")
+    bundle = Bundle(out, info, plan, models[0], {}, "", members)
+    classifier = Classifier(bundle, device="cpu")
     refs = np.asarray(reference_inputs, np.float32)
     preds = classifier.predict_arrays(refs, reference_ids) if len(refs) else []
     card = build_image_model_card(
-        plan, name=name, version=version, run_dir=Path(run_dir) if run_dir else None,
+        plan, name=name, version=version, run_dir=dirs[0],
         parity=parity.to_json(), reference_cases=len(preds),
     )  # fmt: skip
+    if listed:
+        card["ensemble"] = ensemble_card(listed)
     files: dict[str, bytes] = {
-        "model.onnx": model_bytes,
+        **model_files,
         "bundle.json": _json_bytes(info),
         "plan.json": _json_bytes(plan.model_dump(mode="json")),
         "reference.json": _json_bytes(_finite(image_reference_distribution(preds, plan))),
@@ -198,8 +216,8 @@ def _run_cases(run: Path, data: Dataset) -> list[Case]:
 
 
 def export_image_run(
-    run: Path,
-    loaded: LoadedRun,
+    run: Path | Sequence[Path],
+    loaded: LoadedRun | Sequence[LoadedRun],
     out: str | Path,
     *,
     dataset: Dataset | str | Path | None = None,
@@ -208,16 +226,19 @@ def export_image_run(
     progress: Progress | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Export a classification / regression run, checked on its own training cases
-    (``options``: ``as_zip``, ``overwrite``, ``name``, ``version`` as
-    :func:`export_image_bundle` takes them).
+    """Export a classification / regression run (or an ensemble of runs, the first
+    leading), checked on the (first) run's own training cases (``options``:
+    ``as_zip``, ``overwrite``, ``name``, ``version`` as :func:`export_image_bundle`
+    takes them).
 
     Raises:
         ExportError: If the run's cases cannot be found.
         ParityError: If ONNX Runtime does not reproduce PyTorch.
     """
-    data, _ = resolve_run_dataset(run, dataset)
-    cases = _run_cases(run, data)
+    runs = [run] if isinstance(run, Path) else list(run)
+    models = [loaded] if isinstance(loaded, LoadedRun) else list(loaded)
+    data, _ = resolve_run_dataset(runs[0], dataset)
+    cases = _run_cases(runs[0], data)
     if parity_cases < 1 or not cases:
         raise ExportError("export needs at least one training case to check the ONNX model on")
     wanted = cases[: max(parity_cases, reference_cases)]
@@ -226,11 +247,11 @@ def export_image_run(
     for i, case in enumerate(wanted):
         tell("preprocess", i, len(wanted))
         image = data.load_case_image(case)
-        arrays.append(fixed_input_of(image, loaded.plan))
+        arrays.append(fixed_input_of(image, models[0].plan))
     stacked = np.stack(arrays).astype(np.float32)
     return export_image_bundle(
-        loaded, out, parity_inputs=stacked[:parity_cases],
+        models, out, parity_inputs=stacked[:parity_cases],
         reference_inputs=stacked[:reference_cases],
         reference_ids=[c.case_id for c in wanted[:reference_cases]],
-        run_dir=run, progress=progress, **options,
+        run_dir=runs, progress=progress, **options,
     )  # fmt: skip

@@ -6,7 +6,8 @@ numpy sliding window and Gaussian blending that match MONAI's, flip TTA, and the
 preprocessing and post-processing code as training (:mod:`medai.preprocess`,
 :mod:`medai.inference.study`). Classification and regression bundles run through
 :class:`Classifier` (fixed-size input, test-time shifts, the outputs code of
-:mod:`medai.inference.outputs`); :func:`load_predictor` chooses by task.
+:mod:`medai.inference.outputs`); :func:`load_predictor` chooses by task. An ensemble
+bundle's members all run, and their outputs are averaged as TTA members' are.
 """
 
 from medai.runtime.bundle import (
@@ -17,12 +18,14 @@ from medai.runtime.bundle import (
     REQUIRED_FILES,
     TASKS,
     Bundle,
+    Member,
     build_manifest,
     load_bundle,
+    member_files,
     read_bundle_files,
     verify_manifest,
 )
-from medai.runtime.classify import Classifier, fixed_input_of, load_predictor
+from medai.runtime.classify import Classifier, fixed_input_of, load_predictor, rescale_logits
 from medai.runtime.outputs import write_dicom_results
 from medai.runtime.predict import Segmenter, check_input
 from medai.runtime.session import OnnxNetwork, available_providers
@@ -43,6 +46,7 @@ __all__ = [
     "TASKS",
     "Bundle",
     "Classifier",
+    "Member",
     "OnnxNetwork",
     "Segmenter",
     "available_providers",
@@ -53,7 +57,9 @@ __all__ = [
     "gaussian_importance_map",
     "load_bundle",
     "load_predictor",
+    "member_files",
     "read_bundle_files",
+    "rescale_logits",
     "sliding_window_logits",
     "sliding_window_probabilities",
     "verify_manifest",

@@ -1,5 +1,7 @@
 """Reading a model bundle: a folder (or one ``.zip``) of JSON, Markdown and one ONNX
-model, every file listed with its SHA-256 in ``manifest.json``.
+model, every file listed with its SHA-256 in ``manifest.json``. An ensemble of ``k``
+models holds ``model_<i>.onnx`` and ``plan_<i>.json`` per member instead of
+``model.onnx``, listed in ``bundle.json`` ``members``.
 
 Loading checks the manifest before anything is parsed: a missing, changed or unlisted
 file is refused, and a bundle never holds anything that would be unpickled (no
@@ -30,8 +32,10 @@ __all__ = [
     "REQUIRED_FILES",
     "TASKS",
     "Bundle",
+    "Member",
     "build_manifest",
     "load_bundle",
+    "member_files",
     "read_bundle_files",
     "verify_manifest",
 ]
@@ -44,12 +48,18 @@ ALLOWED_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".onnx", ".md", "
 #: What a bundle's model may predict (``bundle.json`` ``task``: the plan's task).
 TASKS: tuple[str, ...] = ("segmentation", "binary", "multiclass", "multilabel", "regression")
 _FIX = "re-export it with `medai export RUN OUT`"
+MODEL = "model.onnx"
 #: Largest total size of a bundle's files (a zip's are checked before decompressing).
 MAX_BUNDLE_BYTES = 8 * 2**30
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def member_files(index: int) -> tuple[str, str]:
+    """The ONNX model and plan file names of ensemble member ``index`` (0-based)."""
+    return f"model_{index}.onnx", f"plan_{index}.json"
 
 
 def build_manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
@@ -153,9 +163,26 @@ def verify_manifest(files: Mapping[str, bytes], source: str | Path) -> dict[str,
                 f"{want[:12]}…); restore the original file, or {_FIX}"
             )
     for name in REQUIRED_FILES:
+        if name == MODEL and member_files(0)[0] in files:
+            continue  # an ensemble: load_bundle checks its members
         if name not in files:
             raise BundleIntegrityError(f"{source}: {name} is missing; {_FIX}")
     return dict(manifest)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of an ensemble bundle.
+
+    Attributes:
+        model: Its ONNX model, serialised.
+        plan: The plan it was trained with (its own temperature, target scaling).
+        run: The training run it was exported from (its folder name).
+    """
+
+    model: bytes
+    plan: Plan
+    run: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,10 +193,15 @@ class Bundle:
         source: The folder or zip it was read from.
         info: ``bundle.json`` (name, version, task, input, output, settings).
         plan: The plan the model was trained with (preprocessing, regions,
-            thresholds, post-processing), from ``plan.json``.
-        model: ``model.onnx``, serialised.
+            thresholds, post-processing), from ``plan.json``; an ensemble's is its
+            first member's, and governs the whole ensemble.
+        model: ``model.onnx`` (an ensemble's first member), serialised.
         documents: Every other JSON file by name (reference, model card, parity …).
         digest: SHA-256 of ``manifest.json``: identifies this exact bundle.
+        ensemble: The ``k >= 2`` members of an ensemble (empty for one model).
+
+    Raises:
+        ValueError: If ``ensemble`` holds exactly one member.
     """
 
     source: Path
@@ -178,6 +210,19 @@ class Bundle:
     model: bytes
     documents: dict[str, Any]
     digest: str = ""
+    ensemble: tuple[Member, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.ensemble) == 1:
+            raise ValueError(
+                "an ensemble has at least 2 members; give a single model as model and "
+                "plan, with ensemble=()"
+            )
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        """Every network the bundle runs: the ensemble's members, or the one model."""
+        return self.ensemble or (Member(self.model, self.plan, ""),)
 
     @property
     def name(self) -> str:
@@ -242,5 +287,50 @@ def load_bundle(path: str | Path) -> Bundle:
         for name in files
         if name.endswith(".json") and name not in ("bundle.json", "plan.json", MANIFEST)
     }
+    documents = {k: v for k, v in documents.items() if not _is_member_plan(k)}
     digest = _sha256(files[MANIFEST])
-    return Bundle(source, info, plan, files["model.onnx"], documents, digest)
+    members = _members(files, info, source)
+    model = members[0].model if members else files[MODEL]
+    return Bundle(source, info, plan, model, documents, digest, members)
+
+
+def _is_member_plan(name: str) -> bool:
+    return name.startswith("plan_") and name.endswith(".json")
+
+
+def _members(
+    files: Mapping[str, bytes], info: Mapping[str, Any], source: Path
+) -> tuple[Member, ...]:
+    """An ensemble's members as ``bundle.json`` lists them (none for one model)."""
+    listed = info.get("members") or []
+    if not isinstance(listed, list) or len(listed) == 1:
+        raise BundleIntegrityError(
+            f"{source}: bundle.json members must list 2 or more members; {_FIX}"
+        )
+    if listed and MODEL in files:
+        raise BundleIntegrityError(f"{source}: holds both {MODEL} and ensemble members; {_FIX}")
+    if not listed and MODEL not in files:
+        raise BundleIntegrityError(f"{source}: {MODEL} is missing; {_FIX}")
+    out = []
+    for i, entry in enumerate(listed):
+        model_name, plan_name = member_files(i)
+        for name in (model_name, plan_name):
+            if name not in files:
+                raise BundleIntegrityError(
+                    f"{source}: {name} of ensemble member {i} is missing; copy the whole "
+                    f"bundle, or {_FIX}"
+                )
+        try:
+            plan = Plan.model_validate(_json(files, plan_name, source))
+        except ValidationError as exc:
+            raise BundleError(
+                f"{source}: {plan_name} does not validate ({validation_summary(exc)}); {_FIX}"
+            ) from exc
+        run = str(entry.get("run", "")) if isinstance(entry, dict) else ""
+        out.append(Member(files[model_name], plan, run))
+    models = [n for n in files if n.startswith("model_") and n.endswith(".onnx")]
+    if len(models) != len(out):
+        raise BundleIntegrityError(
+            f"{source}: holds {len(models)} member models but bundle.json lists {len(out)}; {_FIX}"
+        )
+    return tuple(out)

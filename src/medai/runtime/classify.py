@@ -5,6 +5,11 @@ Monte Carlo dropout cannot run in ONNX (the exported graph is the eval-mode netw
 dropout removed). A bundle of a run trained with ``target.uncertainty=mc_dropout``
 therefore estimates uncertainty with the test-time shifts instead, and says so in the
 log; its uncertainty (and ``needs_review``) is then not the training run's.
+
+An ensemble bundle runs every member through the same passes; each member's logits are
+put in the lead plan's terms (:func:`rescale_logits`), so the prediction's output is the
+mean of the members' calibrated outputs (probabilities, or values for regression) and
+their disagreement enters the uncertainty as the passes' does.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from medai.runtime.bundle import Bundle, load_bundle
 from medai.runtime.predict import Segmenter
 from medai.runtime.session import OnnxNetwork
 
-__all__ = ["Classifier", "fixed_input_of", "load_predictor"]
+__all__ = ["Classifier", "fixed_input_of", "load_predictor", "rescale_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,19 @@ def fixed_input_of(image: ScalarImage, plan: Plan) -> NDArray[np.float32]:
     )
 
 
+def rescale_logits(logits: NDArray[np.floating], source: Plan, target: Plan) -> NDArray[np.float32]:
+    """Logits of a network trained with ``source`` as the logits that give the same
+    outputs under ``target`` (:func:`medai.inference.outputs.outputs_from_logits`): the
+    temperature ratio for classification, the target scaling for regression."""
+    z = np.asarray(logits, dtype=np.float64)
+    src, dst = source.target, target.target
+    if source.task is TaskKind.REGRESSION:
+        out = (z * src.std + src.mean - dst.mean) / dst.std
+    else:
+        out = z * (dst.temperature / src.temperature)
+    return out.astype(np.float32)
+
+
 @dataclass
 class Classifier:
     """A loaded classification / regression bundle ready to predict, torch-free.
@@ -75,6 +93,7 @@ class Classifier:
     device: str | None = None
     batch_size: int = 8
     network: OnnxNetwork = field(init=False, repr=False)
+    networks: list[OnnxNetwork] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle, Bundle):
@@ -86,7 +105,11 @@ class Classifier:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
-        self.network = OnnxNetwork(self.bundle.model, threads=self.threads, device=self.device)
+        self.networks = [
+            OnnxNetwork(member.model, threads=self.threads, device=self.device)
+            for member in self.bundle.members
+        ]
+        self.network = self.networks[0]
         if self.bundle.plan.target.uncertainty is UncertaintyMethod.MC_DROPOUT:
             log.warning("%s: %s", self.bundle.name, MC_DROPOUT_NOTE)
 
@@ -120,21 +143,30 @@ class Classifier:
         """
         return fixed_input_of(image, self.loaded.plan)
 
-    def logits(self, arrays: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Network logits ``(N, out)`` of preprocessed inputs ``(N, C, *size)``."""
+    def logits(self, arrays: NDArray[np.float32], *, member: int = 0) -> NDArray[np.float32]:
+        """Network logits ``(N, out)`` of preprocessed inputs ``(N, C, *size)`` (of the
+        ensemble's ``member``, in its own terms)."""
+        network = self.networks[member]
         out = [
-            self.network(arrays[start : start + self.batch_size])
+            network(arrays[start : start + self.batch_size])
             for start in range(0, len(arrays), self.batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
     def member_logits(self, arrays: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Logits ``(M, N, out)`` of the uncertainty passes (identity first)."""
-        if self.uncertainty is UncertaintyMethod.NONE:
-            return self.logits(arrays)[None]
+        """Logits ``(M, N, out)`` of the uncertainty passes (identity first), for an
+        ensemble every member's passes in turn, in the lead plan's terms."""
         plan = self.loaded.plan
-        shifted = shifted_inputs(arrays, plan.input.spatial_dims, plan.target.uncertainty_passes)
-        return np.stack([self.logits(s) for s in shifted])
+        if self.uncertainty is UncertaintyMethod.NONE:
+            inputs = [arrays]
+        else:
+            passes = plan.target.uncertainty_passes
+            inputs = shifted_inputs(arrays, plan.input.spatial_dims, passes)
+        stacks = []
+        for i, member in enumerate(self.loaded.members):
+            logits = np.stack([self.logits(s, member=i) for s in inputs])
+            stacks.append(logits if i == 0 else rescale_logits(logits, member.plan, plan))
+        return np.concatenate(stacks)
 
     def predict_arrays(
         self, arrays: NDArray[np.float32], case_ids: Sequence[str]

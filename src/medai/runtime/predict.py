@@ -1,4 +1,9 @@
-"""Segment studies with a bundle: ONNX Runtime, numpy sliding window, the shared flow."""
+"""Segment studies with a bundle: ONNX Runtime, numpy sliding window, the shared flow.
+
+An ensemble bundle runs every member; their probabilities (each member's TTA flips
+too) are the members :func:`medai.inference.study.segment_image` averages, and their
+disagreement enters the uncertainty score as TTA members' does.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from numpy.typing import NDArray
 
 from medai.errors import BundleInputError
 from medai.image import ScalarImage
-from medai.inference.study import Prediction, read_study, segment_image
+from medai.inference.study import Prediction, _member_mean, read_study, segment_image
 from medai.preprocess.contrasts import resolve_missing
 from medai.runtime.bundle import Bundle, load_bundle
 from medai.runtime.session import OnnxNetwork
@@ -66,11 +71,16 @@ class Segmenter:
     device: str | None = None
     batch_size: int = 2
     network: OnnxNetwork = field(init=False, repr=False)
+    networks: list[OnnxNetwork] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle, Bundle):
             self.bundle = load_bundle(self.bundle)
-        self.network = OnnxNetwork(self.bundle.model, threads=self.threads, device=self.device)
+        self.networks = [
+            OnnxNetwork(member.model, threads=self.threads, device=self.device)
+            for member in self.bundle.members
+        ]
+        self.network = self.networks[0]
 
     @property
     def loaded(self) -> Bundle:
@@ -82,18 +92,25 @@ class Segmenter:
     def probabilities(
         self, array: NDArray[Any], *, tta: bool | None = None, members: bool = False
     ) -> NDArray[np.float32]:
-        """Region probabilities of a preprocessed ``(C, x, y, z)`` array (network grid);
-        ``(M, R, x, y, z)`` TTA members with ``members=True``."""
+        """Region probabilities of a preprocessed ``(C, x, y, z)`` array (network grid),
+        the mean over TTA flips and ensemble members; ``(M, R, x, y, z)`` with
+        ``members=True``: each network's TTA members, network by network."""
         plan = self.loaded.plan
-        return sliding_window_probabilities(
-            self.network,
-            array,
-            window=plan.train.patch_size,
-            overlap=plan.inference.overlap,
-            tta_flips=plan.inference.tta_flips if tta is None else tta,
-            batch_size=self.batch_size,
-            members=members,
-        )
+        outs = [
+            sliding_window_probabilities(
+                network,
+                array,
+                window=plan.train.patch_size,
+                overlap=plan.inference.overlap,
+                tta_flips=plan.inference.tta_flips if tta is None else tta,
+                batch_size=self.batch_size,
+                members=members,
+            )
+            for network in self.networks
+        ]
+        if len(outs) == 1:
+            return outs[0]
+        return np.concatenate(outs) if members else _member_mean(np.stack(outs))
 
     def read(self, path: str | Path, *, missing: Sequence[str] = ()) -> ScalarImage:
         """Read a study (NIfTI/ITK file or DICOM folder) with the bundle's channels (the
@@ -113,8 +130,8 @@ class Segmenter:
 
         Args:
             image: The study, or the path of a NIfTI file or DICOM folder.
-            tta: Flip TTA; default from the bundle. With it the prediction carries an
-                uncertainty score and map (none without).
+            tta: Flip TTA; default from the bundle. With it (or an ensemble) the
+                prediction's uncertainty includes the members' disagreement.
             keep_probabilities: Also return region probabilities (input grid).
             missing: Contrasts the study lacks (the model must have been trained with
                 channel dropout; :mod:`medai.preprocess.contrasts`).
@@ -128,9 +145,10 @@ class Segmenter:
         check_input(self.loaded, img, gone)
 
         flips = self.loaded.plan.inference.tta_flips if tta is None else tta
+        members = flips or len(self.networks) > 1
 
         def probabilities(array: NDArray[np.float32]) -> NDArray[np.float32]:
-            return self.probabilities(array, tta=flips, members=flips)
+            return self.probabilities(array, tta=flips, members=members)
 
         return segment_image(
             img,
