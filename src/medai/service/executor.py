@@ -34,7 +34,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Executor", "Finished", "LocalExecutor", "sleep_task"]
+__all__ = ["Executor", "Finished", "LocalExecutor", "call_target", "check_target", "sleep_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,26 @@ def sleep_task(payload: dict[str, Any]) -> dict[str, Any]:
     return {"pid": os.getpid(), "started": started, "finished": time.time()}
 
 
+def check_target(task_id: int, target: str, payload: dict[str, Any]) -> str:
+    """``payload`` as JSON once ``target`` and ``payload`` are checked.
+
+    Raises:
+        ValueError: When the target is not ``"module:function"``.
+        TypeError: When ``payload`` is not a JSON-safe dict.
+    """
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise ValueError(f"target must be 'package.module:function', got {target!r}")
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+    try:
+        return json.dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"payload of task {task_id} is not JSON-safe ({exc}): "
+            "pass str, numbers, bools, None, lists and dicts"
+        ) from exc
+
+
 def _resolve(target: str) -> Any:
     module_name, _, function_name = target.partition(":")
     function = getattr(importlib.import_module(module_name), function_name, None)
@@ -108,14 +128,11 @@ def _limit_threads(cpu: int) -> None:
         threadpool_limits(cpu)  # BLAS already loaded by the forkserver's numpy
 
 
-def _run_child(target: str, payload_json: str, conn: Connection, log_path: str | None) -> None:
-    """The child process: run ``target(payload)`` and send ``(ok, result_or_error)`` back."""
-    if log_path is not None:
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
+def call_target(target: str, payload_json: str) -> tuple[bool, str]:
+    """Run ``target(payload)`` here: ``(True, result JSON)`` or ``(False, error text)``.
+
+    What a worker process does with a task, whichever executor started it.
+    """
     try:
         payload = json.loads(payload_json)
         cpu = payload.get("cpu")
@@ -127,12 +144,22 @@ def _run_child(target: str, payload_json: str, conn: Connection, log_path: str |
         result = function(payload)
         if result is not None and not isinstance(result, dict):
             raise TypeError(f"target {target!r} returned {type(result).__name__}, not a dict")
-        message = (True, json.dumps(result))
+        return True, json.dumps(result)
     except BaseException as exc:  # everything, SystemExit too, goes back to the server
         text = "".join(traceback.format_exception(exc)).rstrip()
         traceback.print_exception(exc)
-        message = (False, f"{type(exc).__name__}: {exc}\n\n{text}")
-    conn.send(message)
+        return False, f"{type(exc).__name__}: {exc}\n\n{text}"
+
+
+def _run_child(target: str, payload_json: str, conn: Connection, log_path: str | None) -> None:
+    """The child process: run ``target(payload)`` and send ``(ok, result_or_error)`` back."""
+    if log_path is not None:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
+    conn.send(call_target(target, payload_json))
     conn.close()
 
 
@@ -206,17 +233,7 @@ class LocalExecutor:
                 already running, or all ``max_workers`` are busy.
             TypeError: When ``payload`` is not a JSON-safe dict.
         """
-        if not isinstance(target, str) or not _TARGET.match(target):
-            raise ValueError(f"target must be 'package.module:function', got {target!r}")
-        if not isinstance(payload, dict):
-            raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
-        try:
-            payload_json = json.dumps(payload)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"payload of task {task_id} is not JSON-safe ({exc}): "
-                "pass str, numbers, bools, None, lists and dicts"
-            ) from exc
+        payload_json = check_target(task_id, target, payload)
         with self._lock:
             if task_id in self._children:
                 raise ValueError(f"task {task_id} is already running: submit each task once")
