@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from medai import __version__
 from medai.service.context import ServiceContext
+from medai.service.dicomweb import router as dicomweb_router
 from medai.service.routes_archive import router as archive_router
 
 __all__ = ["create_app"]
@@ -38,4 +39,5 @@ def create_app(context: ServiceContext) -> FastAPI:
         return await call_next(request)
 
     app.include_router(archive_router)
+    app.include_router(dicomweb_router)
     return app

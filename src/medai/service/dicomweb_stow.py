@@ -1,0 +1,140 @@
+"""STOW-RS: store the parts of a request and answer as PS3.18 §10.5.3 asks.
+
+Each part is stored on its own; a part that fails (not DICOM, another study than the
+request names, a conflicting re-send) is listed in FailedSOPSequence with its reason,
+and the others are stored. The status: 200 when every part was stored, 202 when some
+failed, 409 when none was stored.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from medai.service.archive import Archive, InstanceRejectedError, Stored, StoreStatus
+from medai.service.db import Project
+from medai.service.dicomweb_multipart import Part
+from medai.service.dicomweb_query import element
+
+__all__ = ["FailureReason", "StowOutcome", "store_parts"]
+
+log = logging.getLogger(__name__)
+
+
+class FailureReason:
+    """FailureReason (0008,1197) codes used in a STOW-RS answer (PS3.18 Table I.2-1)."""
+
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111  # the same SOP Instance UID with other content
+    OUT_OF_RESOURCES = 0xA700
+    DOES_NOT_MATCH = 0xA900  # another study than the request names
+    CANNOT_UNDERSTAND = 0xC000  # not DICOM, or without valid UIDs
+
+
+@dataclass(frozen=True)
+class StowOutcome:
+    """The answer to a STOW-RS request: its DICOM JSON body, HTTP status and counts."""
+
+    body: dict[str, Any]
+    status: int
+    stored: int
+    failed: int
+
+
+def _peek(data: bytes) -> tuple[str, str]:
+    """The SOP Class and Instance UIDs a part claims (empty when unreadable)."""
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+        )  # fmt: skip
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return "", ""
+    return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+
+
+def _study_of(data: bytes) -> str:
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]
+        )
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return ""
+    return str(ds.get("StudyInstanceUID", ""))
+
+
+def _failed(data: bytes, reason: int, comment: str) -> dict[str, Any]:
+    sop_class, sop_uid = _peek(data)
+    values: dict[str, Any] = {"FailureReason": reason, "ErrorComment": comment[:64]}
+    if sop_class:
+        values["ReferencedSOPClassUID"] = sop_class
+    if sop_uid:
+        values["ReferencedSOPInstanceUID"] = sop_uid
+    return dict(element(k, v) for k, v in values.items())
+
+
+def _referenced(stored: Stored, sop_class: str, url: str) -> dict[str, Any]:
+    retrieve = f"{url}/studies/{stored.study_uid}/series/{stored.series_uid}"
+    values = {
+        "ReferencedSOPClassUID": sop_class,
+        "ReferencedSOPInstanceUID": stored.sop_uid,
+        "RetrieveURL": f"{retrieve}/instances/{stored.sop_uid}",
+    }
+    return dict(element(k, v) for k, v in values.items())
+
+
+def _store_one(
+    archive: Archive, project: Project, part: Part, study: str | None, url: str
+) -> tuple[dict[str, Any], bool]:
+    """The sequence item for one part and whether it was stored."""
+    media = part.content_type.split(";")[0].strip().lower()
+    if media not in ("", "application/dicom"):
+        return _failed(b"", FailureReason.CANNOT_UNDERSTAND, f"part type {media}"), False
+    if study is not None and _study_of(part.data) not in ("", study):
+        return _failed(part.data, FailureReason.DOES_NOT_MATCH, "another study"), False
+    try:
+        stored = archive.store(project, part.data)
+    except InstanceRejectedError as error:
+        return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, str(error)), False
+    except OSError as error:
+        log.exception("could not store an instance for project %s", project.name)
+        return _failed(part.data, FailureReason.OUT_OF_RESOURCES, str(error)), False
+    if stored.status is StoreStatus.CONFLICT:
+        comment = "stored SOP instance has other content"
+        return _failed(part.data, FailureReason.DUPLICATE_SOP_INSTANCE, comment), False
+    sop_class, _ = _peek(part.data)
+    return _referenced(stored, sop_class, url), True
+
+
+def store_parts(
+    archive: Archive, project: Project, parts: Sequence[Part], *, study: str | None, url: str
+) -> StowOutcome:
+    """Store each part for ``project``; ``study`` (from the URL) refuses parts of others.
+
+    Args:
+        archive: Where instances go.
+        project: The project the request is for (membership already checked).
+        parts: The parts of the request body.
+        study: The Study Instance UID the request URL names, or None.
+        url: The project's DICOMweb root, for the RetrieveURLs.
+    """
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for part in parts:
+        item, ok = _store_one(archive, project, part, study, url)
+        (referenced if ok else failed).append(item)
+    body: dict[str, Any] = {}
+    if study is not None:
+        body.update([element("RetrieveURL", f"{url}/studies/{study}")])
+    if referenced:
+        body.update([element("ReferencedSOPSequence", referenced)])
+    if failed:
+        body.update([element("FailedSOPSequence", failed)])
+    status = 200 if not failed else 202 if referenced else 409
+    return StowOutcome(body, status, len(referenced), len(failed))
