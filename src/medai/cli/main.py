@@ -15,6 +15,7 @@ from medai.cli.explain_cmd import explain_cmd
 from medai.cli.io_cmd import io_app
 from medai.cli.radiomics_cmd import radiomics_app
 from medai.cli.seg_cmd import register_seg_commands
+from medai.cli.serve_cmd import serve_app
 from medai.cli.synth_cmd import synth_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.command("export")(export_cmd)
 app.command("predict")(predict_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("explain")(explain_cmd)
+app.add_typer(serve_app, name="serve")
 
 
 @app.callback()

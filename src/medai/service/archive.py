@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp")  # medai.fsutil._create_temp's names
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SERIES_KEYWORDS = (
     "Modality", "SeriesDescription", "SeriesNumber", "FrameOfReferenceUID", "BodyPartExamined",
@@ -153,6 +155,23 @@ class Archive:
     def path_of(self, instance: Instance) -> Path:
         """The file of an indexed instance."""
         return self.root / instance.path
+
+    def sweep(self) -> int:
+        """Remove temporary files an interrupted write left (``fsutil``'s hidden
+        ``.NAME.XXXXXXXX.tmp…`` siblings); call at startup, before anything stores.
+
+        Returns:
+            How many were removed. Their instances were never acknowledged.
+        """
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if _TEMP.match(name):
+                    (Path(folder) / name).unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.warning("removed %d temporary files of interrupted writes", removed)
+        return removed
 
     def key_file(self, project: Project) -> Path:
         return self.keys / f"{project.id}.key"
