@@ -412,3 +412,27 @@ def test_backoff_grows_and_is_capped() -> None:
     assert waits[:3] == [10.0, 20.0, 40.0]
     assert max(waits) == 900.0
     assert np.all(np.diff(waits) >= 0)
+
+
+def test_the_executor_runs_a_task_in_a_child_process(
+    tmp_path: Path, seg_bundle: Path, study: dict[str, list[Path]]
+) -> None:
+    import time
+
+    from medai.service.executor import LocalExecutor
+
+    out = tmp_path / "staging"
+    inputs = {name: study[name] for name in CHANNELS}
+    payload = _payload(out, "segmentation", inputs, bundle=str(seg_bundle))
+    finished = []
+    with LocalExecutor(1) as pool:
+        pool.submit(3, "medai.service.tasks:run_task", payload)
+        deadline = time.monotonic() + 60
+        while not finished and time.monotonic() < deadline:
+            finished = pool.poll()
+            time.sleep(0.05)
+    assert [(f.task_id, f.ok) for f in finished] == [(3, True)], finished
+    result = finished[0].result
+    assert result is not None
+    assert {"seg.dcm", "sr.dcm"} <= set(_by_name(result))
+    assert sorted(p.name for p in out.iterdir()) == sorted(i["path"] for i in result["outputs"])
