@@ -11,6 +11,7 @@ from medai import __version__
 from medai.service.context import ServiceContext
 from medai.service.dicomweb import router as dicomweb_router
 from medai.service.routes_archive import router as archive_router
+from medai.service.routes_jobs import router as jobs_router
 
 __all__ = ["create_app"]
 
@@ -40,4 +41,5 @@ def create_app(context: ServiceContext) -> FastAPI:
 
     app.include_router(archive_router)
     app.include_router(dicomweb_router)
+    app.include_router(jobs_router)
     return app
