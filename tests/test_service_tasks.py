@@ -424,7 +424,7 @@ def test_the_executor_runs_a_task_in_a_child_process(
     out = tmp_path / "staging"
     inputs = {name: study[name] for name in CHANNELS}
     payload = _payload(out, "segmentation", inputs, bundle=str(seg_bundle))
-    finished = []
+    finished: list[Any] = []
     with LocalExecutor(1) as pool:
         pool.submit(3, "medai.service.tasks:run_task", payload)
         deadline = time.monotonic() + 60
