@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -418,30 +417,14 @@ def test_another_projects_user_gets_403_on_every_jobs_route(service: Service) ->
     assert {t.state for t in _tasks(context).values()} == {TaskState.QUEUED}
 
 
-LOOP = textwrap.dedent(
-    """
-    import logging, sys, time
-    from medai.service.config import load_config
-    from medai.service.context import open_context
-    from medai.service.dispatcher import Dispatcher
-    import medai.service.tasks  # preloaded by the executor's forkserver with __main__
-
-    if __name__ == "__main__":
-        logging.basicConfig(level=logging.INFO)
-        context = open_context(load_config(sys.argv[1], workers=2, poll_seconds=0.05))
-        Dispatcher(context).start()
-        while True:
-            time.sleep(1)
-    """
-)
-
-
-def _dispatcher_process(root: Path, script: Path) -> subprocess.Popen[bytes]:
-    with (script.parent / "loop.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, str(script), str(root)], start_new_session=True,
-            stdout=log, stderr=log,
-        )  # fmt: skip
+def _serve(context: ServiceContext, log: Path) -> subprocess.Popen[bytes]:
+    """``medai serve ROOT`` (API and DICOM on free ports, 2 workers) in its own process group."""
+    command = [sys.executable, "-m", "medai.cli.main", "serve", str(context.config.root),
+               "--port", "0", "--dicom-port", "0", "--workers", "2"]  # fmt: skip
+    if context.config.database_url:
+        command += ["--database-url", context.config.database_url]
+    with log.open("ab") as handle:
+        return subprocess.Popen(command, start_new_session=True, stdout=handle, stderr=handle)
 
 
 def _wait_for(condition: object, timeout: float, log: Path | None = None) -> None:
@@ -449,7 +432,7 @@ def _wait_for(condition: object, timeout: float, log: Path | None = None) -> Non
     while not condition():  # type: ignore[operator]
         if time.monotonic() > deadline:
             text = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise AssertionError(f"timed out; the dispatcher's log:\n{text}")
+            raise AssertionError(f"timed out; the server's log:\n{text}")
         time.sleep(0.05)
 
 
@@ -459,17 +442,15 @@ def test_kill_9_during_a_running_job_loses_no_task_and_finishes_none_twice(
 ) -> None:
     context, _ = service
     ids = _submit(context, seconds=1)
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP, encoding="utf-8")
-    process = _dispatcher_process(context.config.root, script)
+    log = tmp_path / "serve.log"
+    process = _serve(context, log)
     try:
-        _wait_for(lambda: any(t.state == "running" for t in _tasks(context).values()), 60,
-                  tmp_path / "loop.log")  # fmt: skip
-        os.kill(process.pid, signal.SIGKILL)
+        _wait_for(lambda: any(t.state == "running" for t in _tasks(context).values()), 90, log)
+        os.killpg(process.pid, signal.SIGKILL)  # the server and its task processes
         process.wait(timeout=10)
         before = _tasks(context)
-        process = _dispatcher_process(context.config.root, script)
-        _wait_for(lambda: _all_final(context), 60, tmp_path / "loop.log")
+        process = _serve(context, log)
+        _wait_for(lambda: _all_final(context), 90, log)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
