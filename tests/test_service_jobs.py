@@ -236,6 +236,20 @@ def test_a_task_left_running_is_queued_again_and_runs_once(service: Service) -> 
     assert count == 2  # inputs.json and task.log, once
 
 
+def test_a_task_running_in_the_index_only_is_queued_again(service: Service) -> None:
+    context, _ = service
+    ids = _submit(context)
+    executor = _CannedExecutor()
+    dispatcher = Dispatcher(context, executor)
+    with context.factory() as session:  # e.g. a step that died between commit and submit
+        task = session.get_one(Task, ids[3])
+        task.state, task.attempts = TaskState.RUNNING, 1
+        session.commit()
+    _run_until(dispatcher, lambda: _all_final(context))
+    assert [p["task_id"] for p in executor.submitted] == ids
+    assert {t.state for t in _tasks(context).values()} == {TaskState.DONE}
+
+
 def test_a_finished_task_is_never_run_again_after_a_restart(service: Service) -> None:
     context, _ = service
     ids = _submit(context)

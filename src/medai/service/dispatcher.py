@@ -194,6 +194,7 @@ class Dispatcher:
         self._stop_cancelled()
         for finished in self.executor.poll():
             self._finish(finished, now, report)
+        self._requeue_lost()
         report.started = self._start_planned(now)
         self._deliver(now)
         return report
@@ -217,6 +218,19 @@ class Dispatcher:
             ).all()
         for task_id in ended:
             self.executor.cancel(task_id)
+
+    def _requeue_lost(self) -> None:
+        """Queue again tasks the index says run but the executor does not have (a step that
+        failed between the two, or a row edited by hand): they would otherwise wait forever."""
+        running = self.executor.running()
+        with session_scope(self.context.factory) as session:
+            lost = session.scalars(
+                select(Task).where(Task.state == TaskState.RUNNING, Task.id.not_in(running))
+            ).all()
+            for task in lost:
+                logger.warning("task %d is running in the index only: queued again", task.id)
+                task.state = TaskState.QUEUED
+                task.started_at = None
 
     def _start_planned(self, now: float) -> list[int]:
         with session_scope(self.context.factory) as session:
