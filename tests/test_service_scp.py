@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
 from _dicom_outputs import dicom_tool
@@ -32,8 +33,10 @@ from _service import CHANNELS, bearer, phantom_study
 from _standin import standin_run
 from medai.cli.main import app
 from medai.export import export_bundle
+from medai.fsutil import _create_temp
 from medai.io import write_dicom_series
 from medai.runtime import load_bundle, read_bundle_files
+from medai.service.archive import Archive
 from medai.service.db import AuditEntry, Instance, User
 
 START_TIMEOUT = 90.0  # a loaded CI machine starts the process, the index and the pool slowly
@@ -152,7 +155,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
     try:
         yield server, token
     finally:
-        assert server.stop() == 0
+        assert server.stop() == 0  # SIGTERM: a clean stop
+        assert not (root / "server.json").exists()
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +220,19 @@ def test_unknown_ae_titles_are_rejected_and_nothing_stored(
     assert len(_rows(server.root, Instance)) == before
     refusals = [r for r in _rows(server.root, AuditEntry) if r.action == "refuse"]
     assert any(r.actor == calling and r.target == f"dicom:{called}" for r in refusals)
+
+
+def test_sweep_removes_only_temporary_files_of_interrupted_writes(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive", sessionmaker(), keys=tmp_path / "keys")
+    folder = tmp_path / "archive" / "1" / "1.2.3" / "1.2.3.4"
+    folder.mkdir(parents=True)
+    kept = folder / "1.2.3.4.5.dcm"
+    kept.write_bytes(b"stored")
+    fd, temp = _create_temp(folder / "1.2.3.4.6.dcm", 0o600)  # what a killed write leaves
+    os.close(fd)
+    assert archive.sweep() == 1
+    assert not temp.exists()
+    assert sorted(p.name for p in folder.iterdir()) == [kept.name]
 
 
 def _long_series(folder: Path, slices: int = 200) -> list[Path]:
