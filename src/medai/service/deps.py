@@ -14,7 +14,18 @@ from medai.service.auth import AccessDeniedError, authenticate, project_for
 from medai.service.context import ServiceContext
 from medai.service.db import Project, User
 
-__all__ = ["CurrentUser", "DbSession", "ServiceDep", "current_user", "get_session", "member_of"]
+__all__ = [
+    "SESSION_COOKIE",
+    "CurrentUser",
+    "DbSession",
+    "ServiceDep",
+    "current_user",
+    "get_session",
+    "member_of",
+]
+
+#: The cookie the web UI's login sets (HttpOnly, SameSite=Strict); it holds the token.
+SESSION_COOKIE = "medai_token"
 
 _bearer = HTTPBearer(auto_error=False, description="The token `medai serve user add` printed.")
 
@@ -40,15 +51,18 @@ def get_session(context: ServiceDep) -> Iterator[Session]:
         session.close()
 
 
-DbSession = Annotated[Session, Depends(get_session)]
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_user(
+    request: Request,
     session: DbSession,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The user whose bearer token came with the request; 401 otherwise."""
-    user = authenticate(session, credentials.credentials if credentials else None)
+    """The user whose bearer token (or web UI login cookie) came with the request; 401
+    otherwise."""
+    token = credentials.credentials if credentials else request.cookies.get(SESSION_COOKIE)
+    user = authenticate(session, token)
     if user is None:
         raise HTTPException(
             status_code=401,

@@ -5,10 +5,9 @@ there is none) rather than forked from the server, so a task that crashes, leaks
 hangs never takes the server with it, and a cancel can terminate (then kill) it. The
 forkserver imports this module (and so medai) once, so a child starts in tens of
 milliseconds, not in the second a fresh interpreter needs. As with any ``spawn``, the
-main module must guard its entry point with ``if __name__ == "__main__":`` — and each
-child re-runs its imports: Python 3.11's forkserver ignores a ``"__main__"`` preload, so
-a server started from a script that imports much pays that per task (``python -m`` does
-not: a module main is not re-run).
+main module must guard its entry point with ``if __name__ == "__main__":``; a console
+script's main (``medai serve``) is not re-run in the children at all (see
+:func:`_main_not_rerun`).
 
 A task is a ``"module:function"`` target called with a JSON-safe ``payload`` dict; it
 returns a JSON-safe dict (or ``None``). Payload key ``"cpu"`` (the task's CPU slots)
@@ -18,7 +17,9 @@ dispatcher uses, so a cluster executor (Ray) can stand in for :class:`LocalExecu
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.machinery
 import json
 import logging
 import multiprocessing
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -257,7 +259,8 @@ class LocalExecutor:
             daemon=True,
         )
         started = time.monotonic()
-        process.start()
+        with _main_not_rerun():
+            process.start()
         send.close()
         self._children[task_id] = _Child(process, receive, started)
         logger.info("task %d started: %s (pid %s)", task_id, target, process.pid)
@@ -334,6 +337,27 @@ def _receive(conn: Connection) -> tuple[bool, str] | None:
     except (EOFError, OSError):
         pass  # the child died without sending
     return None
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Start children without re-running a console script's ``__main__`` in each of them.
+
+    multiprocessing re-executes the parent's main script in every child (by path) unless
+    the main module's spec names a ``__main__`` module. A console-script wrapper (``medai
+    serve``) has no spec, and re-running it imports the whole CLI — about 2 s per task —
+    for nothing: targets are imported by name. Only such spec-less mains are touched, and
+    only while the child starts.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
 
 
 def _stop(process: BaseProcess, grace_seconds: float) -> None:
