@@ -37,7 +37,7 @@ from medai.fsutil import _create_temp
 from medai.io import write_dicom_series
 from medai.runtime import load_bundle, read_bundle_files
 from medai.service.archive import Archive
-from medai.service.db import AuditEntry, Instance, User
+from medai.service.db import AuditEntry, Conflict, Instance, User
 
 START_TIMEOUT = 90.0  # a loaded CI machine starts the process, the index and the pool slowly
 
@@ -220,6 +220,26 @@ def test_unknown_ae_titles_are_rejected_and_nothing_stored(
     assert len(_rows(server.root, Instance)) == before
     refusals = [r for r in _rows(server.root, AuditEntry) if r.action == "refuse"]
     assert any(r.actor == calling and r.target == f"dicom:{called}" for r in refusals)
+
+
+def test_store_statuses_for_a_conflict_and_a_refused_instance(
+    served: tuple[Server, str], study: dict[str, list[Path]]
+) -> None:
+    server, _ = served
+    changed = pydicom.dcmread(study["FLAIR"][0])
+    changed.SeriesDescription = "FLAIR edited"  # same SOP Instance UID, other bytes
+    broken = pydicom.dcmread(study["FLAIR"][1])
+    del broken.StudyInstanceUID  # the archive needs it to file the instance
+    assoc = _sender("SCANNER").associate("127.0.0.1", server.dicom_port, ae_title="GLIOMA")
+    assert assoc.is_established
+    conflict = assoc.send_c_store(changed)
+    refused = assoc.send_c_store(broken)
+    assoc.release()
+    assert int(conflict.Status) == 0x0000  # kept aside and reported, see scp.py
+    assert int(refused.Status) == 0xA900
+    assert "StudyInstanceUID" in str(refused.ErrorComment)
+    conflicts = _rows(server.root, Conflict)
+    assert [row.sop_uid for row in conflicts] == [str(changed.SOPInstanceUID)]
 
 
 def test_sweep_removes_only_temporary_files_of_interrupted_writes(tmp_path: Path) -> None:
