@@ -16,8 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# `make demo SERVE=1` ends with the service running on the demo's data (Ctrl-C stops it).
 demo: $(STAMP)
-	$(BIN)/medai demo $(DEMO_DIR)
+	$(BIN)/medai demo $(DEMO_DIR) $(if $(SERVE),--serve)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

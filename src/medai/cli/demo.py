@@ -280,6 +280,9 @@ def demo(
         45.0, help="Training budget of each image → label / number task (seconds)."
     ),
     seed: int = typer.Option(0, help="Seed of the whole demo."),
+    serve: bool = typer.Option(
+        False, "--serve", help="End by running `medai serve` on the demo's data (Ctrl-C stops)."
+    ),
 ) -> None:
     """Run the main job end to end on the embedded default data."""
     out.mkdir(parents=True, exist_ok=True)
@@ -303,3 +306,10 @@ def demo(
             image_tasks_step(out / "image_tasks", manifest, seconds=image_seconds, seed=seed,
                              external_site=EXTERNAL_SITE)  # fmt: skip
     console.rule(f"[bold green]demo done in {(time.perf_counter() - start) / 60:.1f} min")
+    if serve:
+        from medai.cli.demo_serve import serve_demo
+
+        deploy = out / "deploy"
+        study = min((deploy / "dicom_study").iterdir())
+        with user_errors():
+            serve_demo(out, bundle=deploy / "bundle.zip", study=study)
