@@ -167,8 +167,8 @@ def study_to_queued(data: dict[str, Any], work: Path, *, quiet: float) -> float:
         answer.raise_for_status()
         started = time.perf_counter()
         sender = subprocess.Popen(
-            ["storescu", "-aet", peers.CALLER, "-aec", receiver.ae_title, "127.0.0.1",
-             str(receiver.dicom_port), *map(str, data["study"])],
+            ["env", "TCP_NODELAY=1", "storescu", "-aet", peers.CALLER, "-aec",
+             receiver.ae_title, "127.0.0.1", str(receiver.dicom_port), *map(str, data["study"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         while True:

@@ -170,13 +170,16 @@ def start_medai(
 
 
 def send_storescu(receiver: Receiver, files: list[Path]) -> float:
-    """Seconds for dcmtk's ``storescu`` (one association, every file) to send ``files``."""
-    listing = files[0].parent.parent / f"files-{len(files)}.txt"
+    """Seconds for dcmtk's ``storescu`` (one association, every file) to send ``files``.
+
+    ``TCP_NODELAY=1`` is set for it (dcmtk reads it): without it, dcmtk's writes wait on
+    the receiver's delayed ACKs and every receiver measures dcmtk at about 18 instances/s.
+    """
     args = ["storescu", "-aet", CALLER, "-aec", receiver.ae_title, "127.0.0.1",
             str(receiver.dicom_port)]  # fmt: skip
+    env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk otherwise waits on delayed ACKs
     started = time.perf_counter()
-    subprocess.run([*args, *map(str, files)], check=True, capture_output=True)
-    del listing
+    subprocess.run([*args, *map(str, files)], check=True, capture_output=True, env=env)
     return time.perf_counter() - started
 
 
