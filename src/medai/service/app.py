@@ -12,6 +12,7 @@ from medai.service.context import ServiceContext
 from medai.service.dicomweb import router as dicomweb_router
 from medai.service.routes_archive import router as archive_router
 from medai.service.routes_jobs import router as jobs_router
+from medai.service.routes_review import router as review_router
 
 __all__ = ["create_app"]
 
@@ -42,4 +43,5 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.include_router(archive_router)
     app.include_router(dicomweb_router)
     app.include_router(jobs_router)
+    app.include_router(review_router)
     return app

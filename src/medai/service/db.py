@@ -9,7 +9,8 @@ Tables, top down: users and their allocations, projects (AE title, the callers a
 to send, de-identification on arrival), memberships; participants → studies → series →
 instances; conflicts (a re-sent instance whose bytes differ); jobs → tasks (the unit of
 scheduling) → outputs and deliveries (DICOM sent to an archive node); measurements (one
-number per task and measure, for CSV export and normality ranking); the audit log.
+number per task and measure, for CSV export and normality ranking); reviews of tasks
+(append-only); the audit log.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ __all__ = [
     "Output",
     "Participant",
     "Project",
+    "Review",
+    "ReviewState",
     "Series",
     "Study",
     "Task",
@@ -105,6 +108,7 @@ class Project(Base):
     ae_title: Mapped[str] = mapped_column(String(16), unique=True)
     deidentify: Mapped[bool] = mapped_column(Boolean, default=False)
     hold_unreviewed: Mapped[bool] = mapped_column(Boolean, default=True)
+    ranking: Mapped[dict[str, Any]] = mapped_column(default=dict)  # NormalityConfig as JSON
     created: Mapped[dt.datetime] = mapped_column(WHEN, default=utcnow)
     callers: Mapped[list[Caller]] = relationship(back_populates="project")
 
@@ -235,8 +239,23 @@ class TaskState:
     FINAL = frozenset({DONE, FAILED, CANCELLED})
 
 
+class ReviewState:
+    """A task's review: ``none`` (not needed), ``pending``, or the reviewer's decision."""
+
+    NONE = "none"
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    CORRECTED = "corrected"
+    REJECTED = "rejected"
+    DECIDED = frozenset({ACCEPTED, CORRECTED, REJECTED})
+
+
 class Task(Base):
-    """One selected unit of a job; ``seq`` is the global submission order."""
+    """One selected unit of a job; ``seq`` is the global submission order.
+
+    A done task carries its normality rank (``rank_score`` in robust SDs, ``colour``,
+    ``rank_reasons``, ``uncertain``) and its ``review_state`` (:class:`ReviewState`).
+    """
 
     __tablename__ = "tasks"
     __table_args__ = (UniqueConstraint("job_id", "unit"),)
@@ -259,13 +278,24 @@ class Task(Base):
     queued_at: Mapped[dt.datetime] = mapped_column(WHEN, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(WHEN, default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(WHEN, default=None)
+    rank_score: Mapped[float | None] = mapped_column(Float, default=None)
+    colour: Mapped[str | None] = mapped_column(String(8), default=None)
+    rank_reasons: Mapped[list[Any]] = mapped_column(default=list)
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+    review_state: Mapped[str] = mapped_column(String(16), default=ReviewState.NONE, index=True)
 
 
 class Output(Base):
-    """A file a task produced (label map, SEG, SR, JSON), relative to the results root."""
+    """A file a task produced (label map, SEG, SR, JSON), relative to the results root.
+
+    A reviewer's correction is a new row of the same name with the next ``version``
+    (its file beside the original, never replacing it).
+    """
 
     __tablename__ = "outputs"
-    __table_args__ = (UniqueConstraint("task_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "name", "version", name="uq_outputs_task_name_version"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
@@ -302,6 +332,19 @@ class Measurement(Base):
     name: Mapped[str] = mapped_column(String(200))
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str] = mapped_column(String(32), default="")
+
+
+class Review(Base):
+    """One reviewer decision on a task (append-only): accept, correct or reject."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(NAME)
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(WHEN, default=utcnow)
+    output_version: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class AuditEntry(Base):

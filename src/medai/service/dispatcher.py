@@ -6,8 +6,10 @@ Each :meth:`Dispatcher.step`:
 2. stops tasks cancelled while they run;
 3. records the tasks that ended: a success is published to ``ROOT/results/<task id>/``
    and its outputs, measurements, deliveries and ``done`` state are committed in ONE
-   transaction; a failure is retried after :func:`~medai.service.scheduler.backoff_seconds`
-   until ``max_attempts``, then ``failed`` with the error text;
+   transaction, with the project's normality ranking (:func:`~medai.service.review.
+   rank_project`, which holds the deliveries of a result that waits for review); a failure
+   is retried after :func:`~medai.service.scheduler.backoff_seconds` until
+   ``max_attempts``, then ``failed`` with the error text;
 4. plans which queued tasks start (:func:`~medai.service.scheduler.plan_starts`) and starts
    them — each is marked ``running`` and committed BEFORE it is submitted, so a crash can
    only leave a task ``running`` that did not finish, never finish one twice in the index;
@@ -52,6 +54,7 @@ from medai.service.db import (
 from medai.service.deliver import send_pending
 from medai.service.executor import Executor, Finished, LocalExecutor
 from medai.service.jobs import queue_for_completed_studies
+from medai.service.review import rank_project
 from medai.service.scheduler import (
     Allocation,
     Capacity,
@@ -360,6 +363,7 @@ class Dispatcher:
             task.progress = 1.0
             task.finished_at = utcnow()
             task.error = None
+            rank_project(session, self.context, task.project_id)  # may hold its deliveries
 
     def _deliver(self, now: float) -> None:
         """Send the DICOM deliveries that are due (their retries are the deliveries' own)."""

@@ -5,7 +5,9 @@ the task's input instances (absolute paths the dispatcher found through the inde
 writes only under the payload's ``out`` folder, and returns the outputs (paths relative
 to ``out``) and measurements the dispatcher records. Kinds:
 
-- ``noop``: sleeps ``options["seconds"]`` and lists its inputs (``inputs.json``).
+- ``noop``: sleeps ``options["seconds"]`` and lists its inputs (``inputs.json``); reports
+  ``options["measurements"]`` and, with ``options["sr"]``, writes ``listing.dcm`` (a Basic
+  Text SR) — for tests and benchmarks (:mod:`medai.service.task_noop`).
 - ``segmentation``: a segmentation bundle on the study → ``labels.nii.gz``,
   ``volumes.json``, ``seg.dcm`` (DICOM SEG), ``sr.dcm`` (TID 1500 SR), measurements
   ``volume_ml.<region>`` and ``uncertainty`` when the prediction has one.
@@ -40,6 +42,7 @@ from medai.service.task_inputs import (
     remove_view,
     view_series,
 )
+from medai.service.task_noop import given_measurements, write_listing_sr
 from medai.service.task_work import (
     Result,
     classify_study,
@@ -141,11 +144,18 @@ def _noop(task: TaskPayload) -> Result:
     seconds = float(task.options.get("seconds", 0) or 0)
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"options.seconds must be a non-negative number; got {seconds}")
+    measurements = given_measurements(task.options)
     time.sleep(seconds)
     listing = {alias: [Path(f).name for f in files] for alias, files in task.inputs.items()}
     atomic_write_text(task.out / "inputs.json", json.dumps(listing, indent=2) + "\n")
     result = Result()
     result.add_output(task.out, "inputs.json", "json")
+    if task.options.get("sr"):
+        files = [f for alias in sorted(task.inputs) for f in task.inputs[alias]]
+        sop_uid = write_listing_sr(task.out / "listing.dcm", files, listing)
+        result.add_output(task.out, "listing.dcm", "sr", sop_uid)
+    for name, value, unit in measurements:
+        result.measure(name, value, unit)
     return result
 
 
