@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from medai import __version__
 from medai.service.context import ServiceContext
 from medai.service.dicomweb import router as dicomweb_router
+from medai.service.guard import install_guard
 from medai.service.routes_archive import router as archive_router
 from medai.service.routes_jobs import router as jobs_router
 from medai.service.routes_review import router as review_router
@@ -40,6 +41,7 @@ def create_app(context: ServiceContext) -> FastAPI:
             )  # fmt: skip
         return await call_next(request)
 
+    install_guard(app, context)
     app.include_router(archive_router)
     app.include_router(dicomweb_router)
     app.include_router(jobs_router)
