@@ -14,6 +14,7 @@ from medai.service.guard import install_guard
 from medai.service.routes_archive import router as archive_router
 from medai.service.routes_jobs import router as jobs_router
 from medai.service.routes_review import router as review_router
+from medai.service.ui import install_ui
 
 __all__ = ["create_app"]
 
@@ -46,4 +47,5 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.include_router(dicomweb_router)
     app.include_router(jobs_router)
     app.include_router(review_router)
+    install_ui(app)
     return app
