@@ -2,11 +2,13 @@
 distribution strips, and a browser session (Playwright driving Debian Chromium): log in,
 dry-run and submit a segmentation job with a stand-in bundle, watch it finish on the job
 list, open the result — the label overlay is drawn where the tumour is and gone when
-toggled off — and decide a review. Screenshots go to docs/images/service_*.png."""
+toggled off — and decide a review. With ``MEDAI_SCREENSHOTS=docs/images`` it also
+refreshes the README's screenshots."""
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -40,7 +42,6 @@ from medai.service.db import (
 from medai.service.dispatcher import Dispatcher
 from medai.service.ui_views import measure_strips
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "images"
 SEGMENT_ALL = "select study where " + " and ".join(
     f'has series {c} (SeriesDescription = "{c}")' for c in CHANNELS
 )
@@ -237,10 +238,14 @@ def browser_page() -> Iterator[Any]:
 
 
 def _shot(page: Any, name: str) -> None:
-    """A screenshot for the README, as a small palette PNG."""
-    DOCS.mkdir(parents=True, exist_ok=True)
+    """A screenshot for the README, as a small palette PNG, when ``MEDAI_SCREENSHOTS`` names
+    a folder (``MEDAI_SCREENSHOTS=docs/images`` refreshes the README's); else none."""
+    folder = os.environ.get("MEDAI_SCREENSHOTS")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
     picture = PilImage.open(io.BytesIO(page.screenshot())).convert("RGB")
-    picture.quantize(colors=128).save(DOCS / f"service_{name}.png", optimize=True)
+    picture.quantize(colors=128).save(Path(folder) / f"service_{name}.png", optimize=True)
 
 
 @pytest.mark.slow
