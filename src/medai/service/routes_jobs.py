@@ -99,7 +99,8 @@ def _task_json(task: Task, user: str, blocked: str | None) -> dict[str, Any]:
         "state": task.state, "progress": task.progress, "attempts": task.attempts,
         "max_attempts": task.max_attempts, "error": task.error, "blocked": blocked,
         "queued_at": _when(task.queued_at), "started_at": _when(task.started_at),
-        "finished_at": _when(task.finished_at),
+        "finished_at": _when(task.finished_at), "rank_score": task.rank_score,
+        "colour": task.colour, "uncertain": task.uncertain, "review": task.review_state,
     }  # fmt: skip
 
 
@@ -231,10 +232,13 @@ def outputs(
     row = member_of(session, user, project)
     _task_of(session, row, task_id)
     audit(session, user.name, "view", project_id=row.id, target=f"task {task_id} outputs")
-    found = session.scalars(select(Output).where(Output.task_id == task_id).order_by(Output.name))
+    query = select(Output).where(Output.task_id == task_id)
+    found = session.scalars(query.order_by(Output.name, Output.version))
     return [
-        {"name": o.name, "kind": o.kind, "sha256": o.sha256, "sop_uid": o.sop_uid} for o in found
-    ]
+        {"name": o.name, "version": o.version, "kind": o.kind, "sha256": o.sha256,
+         "sop_uid": o.sop_uid}
+        for o in found
+    ]  # fmt: skip
 
 
 def _result_file(results: Path, relative: str) -> Path:
@@ -247,12 +251,16 @@ def _result_file(results: Path, relative: str) -> Path:
 @router.get("/projects/{project}/tasks/{task_id}/outputs/{name}")
 def output_file(
     project: str, task_id: int, name: str, user: CurrentUser, session: DbSession,
-    context: ServiceDep,
+    context: ServiceDep, version: int | None = None,
 ) -> FileResponse:  # fmt: skip
-    """Download one output, found by its name in the task's output rows."""
+    """Download one output, found by its name in the task's output rows: the newest
+    version (a reviewer's correction) unless ``version`` asks for another."""
     row = member_of(session, user, project)
     _task_of(session, row, task_id)
-    output = session.scalar(select(Output).where(Output.task_id == task_id, Output.name == name))
+    query = select(Output).where(Output.task_id == task_id, Output.name == name)
+    if version is not None:
+        query = query.where(Output.version == version)
+    output = session.scalars(query.order_by(Output.version.desc())).first()
     if output is None:
         raise HTTPException(404, f"task {task_id} has no output {name!r}: list …/outputs")
     path = _result_file(context.config.results, output.path)
