@@ -8,6 +8,9 @@ small four-series MR study (the world phantom of :mod:`_seg_cohort`) written as 
   glioma), ``bob`` (2 slots, member of glioma), ``eve`` (member of other only), ``root``
   (admin); returns their tokens.
 - :func:`phantom_study`: one study, one series per contrast, sharing a frame of reference.
+- :func:`export_seg_bundle`, :func:`export_cls_bundle`: stand-in segmentation and
+  classification bundles (fixed rules, no training) with parity checked on that study.
+- :class:`StorageSCP`: a pynetdicom storage SCP (a destination archive node) in a thread.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import uvicorn
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import create_engine, make_url, text
 
 from _seg_cohort import grid_affine, world_phantom
@@ -104,15 +110,86 @@ def populate(context: ServiceContext) -> dict[str, str]:
 
 def phantom_study(
     folder: Path, *, patient_id: str = "P001", study_uid: str = STUDY_UID,
-    shape: tuple[int, int, int] = SHAPE,
+    shape: tuple[int, int, int] = SHAPE, study_description: str | None = None,
 ) -> dict[str, list[Path]]:  # fmt: skip
     """Write the phantom as one DICOM MR series per contrast under ``folder/<contrast>``."""
     image, _ = world_phantom(shape, grid_affine(shape, (2.0, 2.0, 2.0), np.eye(3)))
+    extra = {"FrameOfReferenceUID": FOR_UID}
+    if study_description is not None:
+        extra["StudyDescription"] = study_description
     files = {}
     for c, name in enumerate(CHANNELS):
         files[name] = write_dicom_series(
             image.channel(c), folder / name, patient_id=patient_id, patient_name="Test^Phantom",
             study_uid=study_uid, series_number=c + 1, series_description=name,
-            extra={"FrameOfReferenceUID": FOR_UID},
+            extra=extra,
         )  # fmt: skip
     return files
+
+
+def export_seg_bundle(out: Path, study_folder: Path) -> Path:
+    """The stand-in segmentation bundle (one 32³ window; TTA flips give an uncertainty)
+    exported to ``out``, with parity on the phantom study under ``study_folder``."""
+    import torch
+
+    from _standin import NeighbourRule, standin_plan
+    from medai.export import export_bundle
+    from medai.inference import LoadedRun
+    from medai.inference.study import read_study
+
+    plan = standin_plan(["network.depth=3", "inference.tta_flips=true"])
+    run = LoadedRun(plan, NeighbourRule(list(plan.regions)).eval(), torch.device("cpu"))
+    export_bundle(run, out, parity_cases=[read_study(study_folder, CHANNELS)], reference_cases=[])
+    return out
+
+
+def export_cls_bundle(out: Path, study_folder: Path) -> Path:
+    """A binary classification bundle on FLAIR whose logit is 4 × (channel mean − 0.1),
+    exported to ``out`` with parity on the phantom study under ``study_folder``."""
+    import torch
+
+    from medai.export import export_image_bundle
+    from medai.inference import LoadedRun
+    from medai.inference.study import read_study
+    from medai.preprocess.plan import Plan, TaskKind
+    from medai.runtime import fixed_input_of
+
+    class MeanRule(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 4.0 * (x[:, :1].mean(dim=(2, 3, 4)) - 0.1)
+
+    plan = Plan.model_validate({
+        "task": TaskKind.BINARY, "channels": ["FLAIR"], "classes": ["low", "high"],
+        "network": {"architecture": "resnet18"}, "input": {"size": [16, 16, 16]},
+        "target": {"threshold": 0.5},
+    })  # fmt: skip
+    arrays = fixed_input_of(read_study(study_folder, ["FLAIR"]), plan)[None]
+    run = LoadedRun(plan, MeanRule().eval(), torch.device("cpu"))
+    export_image_bundle(run, out, parity_inputs=arrays, reference_inputs=arrays,
+                        reference_ids=["a"])  # fmt: skip
+    return out
+
+
+class StorageSCP:
+    """A pynetdicom storage SCP on a free loopback port that keeps what it receives."""
+
+    def __init__(self, ae_title: str) -> None:
+        self.received: list[pydicom.Dataset] = []
+        self.callers: list[str] = []
+        self.lock = threading.Lock()
+        ae = AE(ae_title=ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        if server is None:
+            raise RuntimeError("the storage SCP did not start")
+        self.server = server
+        self.port = int(server.server_address[1])
+
+    def _store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with self.lock:
+            self.received.append(ds)
+            self.callers.append(str(event.assoc.requestor.ae_title))
+        return 0x0000

@@ -14,16 +14,18 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import torch
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from _service import CHANNELS, STUDY_UID, phantom_study, populate, service_context
-from _standin import NeighbourRule, standin_plan
+from _service import (
+    CHANNELS,
+    STUDY_UID,
+    StorageSCP,
+    export_cls_bundle,
+    export_seg_bundle,
+    phantom_study,
+    populate,
+    service_context,
+)
 from medai.errors import BundleInputError, ConfigError
-from medai.export import export_bundle, export_image_bundle
-from medai.inference import LoadedRun
-from medai.preprocess.plan import Plan, TaskKind
-from medai.runtime import fixed_input_of
 from medai.service.config import Destination
 from medai.service.db import Delivery, Job, Output, Task, User
 from medai.service.deliver import DeliveryState, backoff_seconds, send_pending
@@ -40,40 +42,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def seg_bundle(tmp_path_factory: pytest.TempPathFactory, study: dict[str, list[Path]]) -> Path:
-    """The stand-in segmentation bundle (one 32³ window, TTA: an uncertainty score)."""
-    from medai.inference.study import read_study
-
-    plan = standin_plan(["network.depth=3", "inference.tta_flips=true"])
-    run = LoadedRun(plan, NeighbourRule(list(plan.regions)).eval(), torch.device("cpu"))
-    image = read_study(study["FLAIR"][0].parent.parent, CHANNELS)
     out = tmp_path_factory.mktemp("bundles") / "standin"
-    export_bundle(run, out, parity_cases=[image], reference_cases=[])
-    return out
-
-
-class _MeanRule(torch.nn.Module):
-    """Logit = 4 × (mean of channel 0 − 0.1): a fixed, torch-exportable classifier."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 4.0 * (x[:, :1].mean(dim=(2, 3, 4)) - 0.1)
+    return export_seg_bundle(out, study["FLAIR"][0].parent.parent)
 
 
 @pytest.fixture(scope="module")
 def cls_bundle(tmp_path_factory: pytest.TempPathFactory, study: dict[str, list[Path]]) -> Path:
-    from medai.inference.study import read_study
-
-    plan = Plan.model_validate({
-        "task": TaskKind.BINARY, "channels": ["FLAIR"], "classes": ["low", "high"],
-        "network": {"architecture": "resnet18"}, "input": {"size": [16, 16, 16]},
-        "target": {"threshold": 0.5},
-    })  # fmt: skip
-    image = read_study(study["FLAIR"][0].parent.parent, ["FLAIR"])
-    arrays = fixed_input_of(image, plan)[None]
     out = tmp_path_factory.mktemp("bundles") / "classifier"
-    run = LoadedRun(plan, _MeanRule().eval(), torch.device("cpu"))
-    export_image_bundle(run, out, parity_inputs=arrays, reference_inputs=arrays,
-                        reference_ids=["a"])  # fmt: skip
-    return out
+    return export_cls_bundle(out, study["FLAIR"][0].parent.parent)
 
 
 def _payload(out: Path, kind: str, inputs: dict[str, list[Path]], **extra: Any) -> dict[str, Any]:
@@ -239,31 +215,6 @@ def test_tasks_module_does_not_import_torch() -> None:
 
 
 # -- delivery ---------------------------------------------------------------------------
-class _StorageSCP:
-    """A pynetdicom storage SCP on a free loopback port that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[pydicom.Dataset] = []
-        self.callers: list[str] = []
-        self.lock = threading.Lock()
-        ae = AE(ae_title="ARCHIVE")
-        ae.supported_contexts = AllStoragePresentationContexts
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
-        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        if server is None:
-            raise RuntimeError("the storage SCP did not start")
-        self.server = server
-        self.port = int(server.server_address[1])
-
-    def _store(self, event: Any) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        with self.lock:
-            self.received.append(ds)
-            self.callers.append(str(event.assoc.requestor.ae_title))
-        return 0x0000
-
-
 def _delivery_rows(context: Any, files: dict[str, Path], destination: str) -> list[int]:
     """A job, a task, its DICOM outputs under ROOT/results/<task>/ and their deliveries."""
     results = context.config.results
@@ -303,7 +254,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, seg_bundle: Path,
 
 
 def test_deliver_sends_seg_and_sr_to_a_storage_scp(tmp_path: Path, results: Path) -> None:
-    scp = _StorageSCP()
+    scp = StorageSCP("ARCHIVE")
     try:
         dest = Destination(name="pacs", port=scp.port, ae_title="ARCHIVE")
         context = service_context(tmp_path / "root", destinations=[dest], ae_title="MEDAI")

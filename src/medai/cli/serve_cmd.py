@@ -68,6 +68,12 @@ def run(
         None, "--quiet-seconds", help="A study is complete after this long without instances."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Local worker processes."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="Where tasks run: local (worker processes) or ray."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="A Ray cluster to join (default: a private local one)."
+    ),
     database_url: str | None = _DB,
 ) -> None:
     """Run the service until Ctrl-C / SIGTERM; ROOT/server.json says where it listens."""
@@ -76,7 +82,8 @@ def run(
     with user_errors():
         config = _config(
             root, host=host, port=port, dicom_port=dicom_port, ae_title=ae_title,
-            quiet_seconds=quiet_seconds, workers=workers, database_url=database_url,
+            quiet_seconds=quiet_seconds, workers=workers, executor=executor,
+            ray_address=ray_address, database_url=database_url,
         )  # fmt: skip
         logging.getLogger("medai.service").setLevel(logging.INFO)
         serve(config)

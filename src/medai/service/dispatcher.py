@@ -65,7 +65,14 @@ from medai.service.scheduler import (
     plan_starts,
 )
 
-__all__ = ["TASK_TARGET", "Dispatcher", "StepReport", "pool_capacity", "task_queue"]
+__all__ = [
+    "TASK_TARGET",
+    "Dispatcher",
+    "StepReport",
+    "configured_executor",
+    "pool_capacity",
+    "task_queue",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,22 @@ def task_queue(
     return queued, running, allocations
 
 
+def configured_executor(context: ServiceContext, *, log_dir: Path) -> Executor:
+    """The executor ``config.executor`` names: the local pool (``workers`` processes, logs
+    under ``log_dir``) or Ray (``ray_address``; without one a private local instance with
+    ``workers`` CPUs).
+
+    Raises:
+        ConfigError: ``ray`` is asked for and Ray is not installed.
+    """
+    config = context.config
+    if config.executor == "ray":
+        from medai.service.executor_ray import RayExecutor  # Ray is an optional extra
+
+        return RayExecutor(config.ray_address, num_cpus=config.workers)
+    return LocalExecutor(config.workers, log_dir=log_dir)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -126,8 +149,8 @@ class Dispatcher:
 
     Args:
         context: The opened service.
-        executor: Where tasks run; a :class:`LocalExecutor` with ``config.workers``
-            workers (logs under ``ROOT/results/.logs``) when None.
+        executor: Where tasks run; when None, the one ``config.executor`` names
+            (:func:`configured_executor`; local logs under ``ROOT/results/.logs``).
         target: The ``"module:function"`` each task calls.
     """
 
@@ -140,9 +163,7 @@ class Dispatcher:
         self.staging = self.results / ".staging"
         self.logs = self.results / ".logs"
         self.target = target
-        self.executor: Executor = executor or LocalExecutor(
-            context.config.workers, log_dir=self.logs
-        )
+        self.executor: Executor = executor or configured_executor(context, log_dir=self.logs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.recover()
