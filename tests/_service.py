@@ -11,11 +11,16 @@ small four-series MR study (the world phantom of :mod:`_seg_cohort`) written as 
 - :func:`export_seg_bundle`, :func:`export_cls_bundle`: stand-in segmentation and
   classification bundles (fixed rules, no training) with parity checked on that study.
 - :class:`StorageSCP`: a pynetdicom storage SCP (a destination archive node) in a thread.
+- :class:`Server`: `medai serve ROOT --port 0 --dicom-port 0` in a child process.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pydicom
+import pytest
 import uvicorn
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import create_engine, make_url, text
@@ -193,3 +199,55 @@ class StorageSCP:
             self.received.append(ds)
             self.callers.append(str(event.assoc.requestor.ae_title))
         return 0x0000
+
+
+START_TIMEOUT = 90.0  # a loaded CI machine starts the process, the index and the pool slowly
+
+
+class Server:
+    """``medai serve ROOT --port 0 --dicom-port 0 …`` started in a child process."""
+
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.log = root.with_name(root.name + ".log")
+        command = [sys.executable, "-m", "medai.cli.main", "serve", str(root), "--port", "0",
+                   "--dicom-port", "0", *args]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+            )
+        self.info: dict[str, Any] = {}
+        self.http = httpx.Client(timeout=30)
+
+    def wait(self) -> Server:
+        """Wait (bounded) until the server announced its ports in ``ROOT/server.json``."""
+        self.info = self._announced()
+        self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.info['http_port']}")
+        return self
+
+    def _announced(self) -> dict[str, Any]:
+        deadline = time.monotonic() + START_TIMEOUT
+        path = self.root / "server.json"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"medai serve exited with {self.process.returncode}: {self.tail()}")
+            if path.is_file():
+                info: dict[str, Any] = json.loads(path.read_text())
+                if info["pid"] == self.process.pid:
+                    return info
+            time.sleep(0.1)
+        self.process.kill()
+        pytest.fail(f"medai serve did not write server.json in time: {self.tail()}")
+
+    @property
+    def dicom_port(self) -> int:
+        return int(self.info["dicom_port"])
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> int:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)

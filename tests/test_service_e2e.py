@@ -7,11 +7,7 @@ of every other job kind; and a noop job on a second server that runs tasks on Ra
 from __future__ import annotations
 
 import io
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +28,7 @@ from _dicom_outputs import dicom_tool
 from _service import (
     CHANNELS,
     STUDY_UID,
+    Server,
     StorageSCP,
     bearer,
     export_cls_bundle,
@@ -42,7 +39,6 @@ from medai.cli.main import app
 
 SECOND_UID = "1.2.826.0.1.3680043.8.498.79"
 SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
-START_TIMEOUT = 90.0  # a loaded CI machine starts the process, the index and the pool slowly
 JOB_TIMEOUT = 120.0
 API = "/api/projects/glioma"
 WEB = "/dicomweb/projects/glioma"
@@ -57,55 +53,6 @@ BRAIN = (
     "and FrameOfReferenceUID = flair.FrameOfReferenceUID)"
 )
 FAST_RADIOMICS = {"radiomics": {"families": ["morph", "stat"]}}
-
-
-class Server:
-    """``medai serve ROOT --port 0 --dicom-port 0 …`` started in a child process."""
-
-    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.log = root.with_name(root.name + ".log")
-        command = [sys.executable, "-m", "medai.cli.main", "serve", str(root), "--port", "0",
-                   "--dicom-port", "0", *args]  # fmt: skip
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=log, env={**os.environ, **(env or {})}
-            )
-        self.info: dict[str, Any] = {}
-        self.http = httpx.Client(timeout=30)
-
-    def wait(self) -> Server:
-        """Wait (bounded) until the server announced its ports in ``ROOT/server.json``."""
-        self.info = self._announced()
-        self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.info['http_port']}")
-        return self
-
-    def _announced(self) -> dict[str, Any]:
-        deadline = time.monotonic() + START_TIMEOUT
-        path = self.root / "server.json"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"medai serve exited with {self.process.returncode}: {self.tail()}")
-            if path.is_file():
-                info: dict[str, Any] = json.loads(path.read_text())
-                if info["pid"] == self.process.pid:
-                    return info
-            time.sleep(0.1)
-        self.process.kill()
-        pytest.fail(f"medai serve did not write server.json in time: {self.tail()}")
-
-    @property
-    def dicom_port(self) -> int:
-        return int(self.info["dicom_port"])
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int:
-        self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
 
 
 @dataclass
