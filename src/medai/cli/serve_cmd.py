@@ -11,6 +11,8 @@ import logging
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,26 +105,32 @@ def user_add(
 ) -> None:
     """Create a user and print their token (shown once: only its hash is stored)."""
     from medai.service.auth import add_member, add_user
-    from medai.service.context import open_context
 
-    with user_errors():
-        context = open_context(_config(root, database_url=database_url))
-        try:
-            with context.factory() as session:
-                user, token = add_user(
-                    session, name, cpu_slots=cpu, gpu_slots=gpu, memory_gb=memory_gb, admin=admin
-                )
-                for project_name in projects:
-                    project = _project(session, project_name)
-                    add_member(session, user, project, role)
-                session.commit()
-        finally:
-            context.close()
+    with user_errors(), _index(root, database_url) as (session, _):
+        user, token = add_user(
+            session, name, cpu_slots=cpu, gpu_slots=gpu, memory_gb=memory_gb, admin=admin
+        )
+        for project_name in projects:
+            add_member(session, user, _project(session, project_name), role)
     console.print(f"user [bold]{name}[/] created; token:")
     console.print(token, highlight=False, soft_wrap=True)
     err_console.print(
         "[yellow]keep this token safe: it is shown only this once (only its hash is stored)[/]"
     )
+
+
+@contextmanager
+def _index(root: Path, database_url: str | None) -> Iterator[tuple[Any, ServiceConfig]]:
+    """A session on ROOT's index (schema brought up to date), committed if the block succeeds."""
+    from medai.service.context import open_context
+    from medai.service.db import session_scope
+
+    context = open_context(_config(root, database_url=database_url))
+    try:
+        with session_scope(context.factory) as session:
+            yield session, context.config
+    finally:
+        context.close()
 
 
 def _project(session: Any, name: str) -> Any:
@@ -152,19 +160,12 @@ def project_add(
 ) -> None:
     """Create a project with its AE title and the callers it accepts."""
     from medai.service.auth import add_project
-    from medai.service.context import open_context
 
-    with user_errors():
-        context = open_context(_config(root, database_url=database_url))
-        try:
-            with context.factory() as session:
-                add_project(
-                    session, name, ae_title=ae, callers=list(callers), deidentify=deidentify,
-                    hold_unreviewed=hold_unreviewed, keys=context.config.keys,
-                )  # fmt: skip
-                session.commit()
-        finally:
-            context.close()
+    with user_errors(), _index(root, database_url) as (session, config):
+        add_project(
+            session, name, ae_title=ae, callers=list(callers), deidentify=deidentify,
+            hold_unreviewed=hold_unreviewed, keys=config.keys,
+        )  # fmt: skip
     accepted = ", ".join(callers) or "nobody yet (add --caller)"
     console.print(f"project [bold]{name}[/] created: AE title {ae}, accepts {accepted}")
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from medai.service.auth import AccessDeniedError, authenticate, project_for
 from medai.service.context import ServiceContext
-from medai.service.db import Project, User
+from medai.service.db import Project, User, session_scope
 
 __all__ = [
     "SESSION_COOKIE",
@@ -40,15 +40,8 @@ ServiceDep = Annotated[ServiceContext, Depends(get_context)]
 
 def get_session(context: ServiceDep) -> Iterator[Session]:
     """A session per request, committed when the route returns without an exception."""
-    session = context.factory()
-    try:
+    with session_scope(context.factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
