@@ -33,7 +33,7 @@ of ``volume_ml.WT`` alone, by the same code with ``method=maxz``).
 Failed = WT Dice < 0.7. Bootstrap CIs resample cases (all conditions of a case together).
 
     taskset -c 0 .venv/bin/python benchmarks/normality_qc.py OUT --smoke
-    .venv/bin/python benchmarks/normality_qc.py OUT --json   # ~15 min on one core
+    .venv/bin/python benchmarks/normality_qc.py OUT --json   # 38 min on a shared core
 """
 
 from __future__ import annotations
