@@ -1,9 +1,9 @@
 """STOW-RS: store the parts of a request and answer as PS3.18 §10.5.3 asks.
 
-Each part is stored on its own; a part that fails (not DICOM, another study than the
-request names, a conflicting re-send) is listed in FailedSOPSequence with its reason,
-and the others are stored. The status: 200 when every part was stored, 202 when some
-failed, 409 when none was stored.
+The parts are stored as one batch (:meth:`Archive.store_many`), each parsed once; a part
+that fails (not DICOM, another study than the request names, a conflicting re-send) is
+listed in FailedSOPSequence with its reason, and the others are stored. The status: 200
+when every part was stored, 202 when some failed, 409 when none was stored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from medai.service.archive import Archive, InstanceRejectedError, Stored, StoreStatus
+from medai.service.archive import (
+    Archive,
+    InstanceRejectedError,
+    OtherStudyError,
+    Stored,
+    StoreResult,
+    StoreStatus,
+)
 from medai.service.db import Project
 from medai.service.dicomweb_multipart import Part
 from medai.service.dicomweb_query import element
@@ -59,16 +66,6 @@ def _peek(data: bytes) -> tuple[str, str]:
     return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
 
 
-def _study_of(data: bytes) -> str:
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]
-        )
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError):
-        return ""
-    return str(ds.get("StudyInstanceUID", ""))
-
-
 def _failed(data: bytes, reason: int, comment: str) -> dict[str, Any]:
     sop_class, sop_uid = _peek(data)
     values: dict[str, Any] = {"FailureReason": reason, "ErrorComment": comment[:64]}
@@ -89,33 +86,29 @@ def _referenced(stored: Stored, sop_class: str, url: str) -> dict[str, Any]:
     return dict(element(k, v) for k, v in values.items())
 
 
-def _store_one(
-    archive: Archive, project: Project, part: Part, study: str | None, url: str
-) -> tuple[dict[str, Any], bool]:
-    """The sequence item for one part and whether it was stored."""
-    media = part.content_type.split(";")[0].strip().lower()
-    if media not in ("", "application/dicom"):
-        return _failed(b"", FailureReason.CANNOT_UNDERSTAND, f"part type {media}"), False
-    if study is not None and _study_of(part.data) not in ("", study):
+def _item(part: Part, result: StoreResult, url: str) -> tuple[dict[str, Any], bool]:
+    """The sequence item for one part's outcome and whether it was stored."""
+    if isinstance(result, OtherStudyError):
         return _failed(part.data, FailureReason.DOES_NOT_MATCH, "another study"), False
-    try:
-        stored = archive.store(project, part.data)
-    except InstanceRejectedError as error:
-        return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, str(error)), False
-    except OSError as error:
-        log.exception("could not store an instance for project %s", project.name)
-        return _failed(part.data, FailureReason.OUT_OF_RESOURCES, str(error)), False
-    if stored.status is StoreStatus.CONFLICT:
+    if isinstance(result, InstanceRejectedError):
+        return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, str(result)), False
+    if isinstance(result, OSError):
+        return _failed(part.data, FailureReason.OUT_OF_RESOURCES, str(result)), False
+    if result.status is StoreStatus.CONFLICT:
         comment = "stored SOP instance has other content"
         return _failed(part.data, FailureReason.DUPLICATE_SOP_INSTANCE, comment), False
-    sop_class, _ = _peek(part.data)
-    return _referenced(stored, sop_class, url), True
+    return _referenced(result, result.sop_class_uid, url), True
+
+
+def _is_dicom(part: Part) -> bool:
+    return part.content_type.split(";")[0].strip().lower() in ("", "application/dicom")
 
 
 def store_parts(
     archive: Archive, project: Project, parts: Sequence[Part], *, study: str | None, url: str
 ) -> StowOutcome:
-    """Store each part for ``project``; ``study`` (from the URL) refuses parts of others.
+    """Store the parts for ``project`` in one batch; ``study`` (from the URL) refuses
+    parts of other studies.
 
     Args:
         archive: Where instances go.
@@ -124,10 +117,16 @@ def store_parts(
         study: The Study Instance UID the request URL names, or None.
         url: The project's DICOMweb root, for the RetrieveURLs.
     """
+    dicom = [part for part in parts if _is_dicom(part)]
+    results = iter(archive.store_many(project, [part.data for part in dicom], study=study))
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for part in parts:
-        item, ok = _store_one(archive, project, part, study, url)
+        if not _is_dicom(part):
+            media = part.content_type.split(";")[0].strip().lower()
+            failed.append(_failed(b"", FailureReason.CANNOT_UNDERSTAND, f"part type {media}"))
+            continue
+        item, ok = _item(part, next(results), url)
         (referenced if ok else failed).append(item)
     body: dict[str, Any] = {}
     if study is not None:
