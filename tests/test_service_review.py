@@ -21,11 +21,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from _service import (
+    StorageSCP,
     api_server,
     bearer,
     phantom_study,
@@ -62,25 +62,6 @@ from medai.service.review import (
 
 MEDIAN_WT = 40.0
 ORDINARY = [MEDIAN_WT * (1 + 0.02 * k) for k in range(-6, 6)]  # 12 studies, ±12 %
-
-
-class _Pacs:
-    """A pynetdicom storage SCP on a free loopback port that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[pydicom.Dataset] = []
-        ae = AE(ae_title="ARCHIVE")
-        ae.supported_contexts = AllStoragePresentationContexts
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
-        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        if server is None:
-            raise RuntimeError("the storage SCP did not start")
-        self.server = server
-        self.port = int(server.server_address[1])
-
-    def _store(self, event: Any) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
 
 
 def _register_bundle(root: Path, name: str, *, review_above: float) -> None:
@@ -257,7 +238,7 @@ def _tasks(context: ServiceContext) -> list[Task]:
 def test_a_planted_outlier_waits_for_review_and_an_ordinary_result_is_sent(
     tmp_path: Path,
 ) -> None:
-    scp = _Pacs()
+    scp = StorageSCP("ARCHIVE")
     pacs = Destination(name="pacs", port=scp.port, ae_title="ARCHIVE", max_attempts=2)
     context = service_context(tmp_path / "svc", workers=2, quiet_seconds=0.0,
                               destinations=[pacs])  # fmt: skip
