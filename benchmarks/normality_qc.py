@@ -1,6 +1,7 @@
 """The normality ranking as a detector of failed segmentations (issue 14).
 
-One cohort (seed 4242, never used for tuning) is split into training cases, a set of
+One cohort (``--seed``; 4242 is the one the ranking's defaults were chosen on, so report
+another) is split into training cases, a set of
 ``accepted`` cases and held-out ``test`` cases. Two models are trained on the training
 cases with one plan: ``good`` (``--budget-s``) and ``under`` (``--under-s``, the same plan
 with a short budget); both are exported as bundles and run by the torch-free runtime
@@ -73,7 +74,7 @@ from medai.service.normality import (
 )
 from medai.training import make_plan, train
 
-SEED = 4242  # never used for tuning
+SEED = 4242  # the cohort the defaults of stop 19 were chosen on; measure with another
 REGIONS = ("WT", "TC", "ET")
 MEASURES = (*(f"volume_ml.{r}" for r in REGIONS), "uncertainty")
 CONDITIONS = ("clean", "under", "swap", "missing", "noise", "flip", "scale")
@@ -187,6 +188,7 @@ def predict_all(
     ids: dict[str, list[str]],
     out: Path,
     conditions: list[str],
+    seed: int,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """condition → case → row, cached per condition under ``OUT/results``."""
     segmenters = {name: Segmenter(path, threads=1) for name, path in bundles.items()}
@@ -204,9 +206,9 @@ def predict_all(
             label = case.load_label()
             if label is None:
                 raise SystemExit(f"case {case.case_id} has no label to score against")
-            seed = SEED + 1000 * CONDITIONS.index(condition) + k
+            draw = seed + 1000 * CONDITIONS.index(condition) + k
             rows[case.case_id] = predict_one(
-                segmenter, case.load_image(), label.array[0], condition, seed
+                segmenter, case.load_image(), label.array[0], condition, draw
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=1) + "\n")
@@ -455,6 +457,7 @@ def main() -> None:
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     parser.add_argument("--json", action="store_true", help="also write and print figures.json")
     parser.add_argument("--smoke", action="store_true", help="10 cases, 10 s trainings")
+    parser.add_argument("--seed", type=int, default=SEED, help="cohort and perturbation seed")
     args = parser.parse_args()
     config = NormalityConfig()
     if args.smoke:  # too few accepted results for the default min_results (10)
@@ -465,13 +468,13 @@ def main() -> None:
     t0 = time.perf_counter()
     root = args.out / "data"
     if not (root / "clinical.csv").is_file():
-        generate_cohort(root, cases=args.cases, spacing=args.spacing, seed=SEED, sites=4)
+        generate_cohort(root, cases=args.cases, spacing=args.spacing, seed=args.seed, sites=4)
     data = root / "Task01_BrainTumour"
     ids = split(as_cohort(data).ids(), args)
     bundles = models(data, ids["train"], args.out, args)
-    results = predict_all(bundles, data, ids, args.out, list(args.conditions))
+    results = predict_all(bundles, data, ids, args.out, list(args.conditions), args.seed)
     records, settings = score(results, bundles["good"], config)
-    settings |= {"cases": {k: len(v) for k, v in ids.items()}, "seed": SEED,
+    settings |= {"cases": {k: len(v) for k, v in ids.items()}, "seed": args.seed,
                  "budget_s": args.budget_s, "under_s": args.under_s, "smoke": args.smoke,
                  "config": config.model_dump(mode="json")}  # fmt: skip
     fig = figures(records, settings)

@@ -25,6 +25,7 @@ from medai.service.normality import (
     rank,
     score_tasks,
 )
+from medai.service.normality_measures import MAD_TO_SD
 
 LINEAR = NormalityConfig(method=Method.MAXZ, default_transform=Transform.LINEAR)
 VOLUMES = ("volume_ml.WT", "volume_ml.TC", "probability")
@@ -93,9 +94,10 @@ def test_tenfold_volume_is_red_and_ordinary_is_green() -> None:
         np.array([[10 * medians[0], medians[1], medians[2]], medians]),
     )
     planted, ordinary = score_tasks(table, tasks, units=UNITS)
-    assert planted.method is Method.MCD
+    assert planted.method is Method.IFOREST
     assert planted.colour is Colour.RED
-    assert planted.rank_score > 10
+    assert planted.rank_score == pytest.approx(planted.z["volume_ml.WT"])  # |z| ≥ red counts
+    assert planted.rank_score > 5
     wt = f"{10 * medians[0]:.0f}"
     assert planted.reasons[0].startswith(f"volume_ml.WT = {wt} mL is ")
     assert "robust SDs on the log scale above the project median" in planted.reasons[0]
@@ -123,7 +125,7 @@ def _correlated(n: int = 60) -> MeasureTable:
 def test_mcd_flags_a_point_off_the_correlation_line_max_z_does_not() -> None:
     accepted = _correlated()
     tasks = MeasureTable(("off", "on"), ("x", "y"), np.array([[1.5, -1.5], [2.0, 2.0]]))
-    config = NormalityConfig(default_transform=Transform.LINEAR)
+    config = NormalityConfig(method=Method.MCD, default_transform=Transform.LINEAR)
     off, on = score_tasks(accepted, tasks, config=config)
     assert all(abs(z) < 3 for z in off.z.values())  # normal in each marginal
     assert (off.method, off.colour) == (Method.MCD, Colour.RED)
@@ -171,7 +173,7 @@ def test_nan_is_a_missing_measure() -> None:
     )
     no_tc, empty = score_tasks(gappy, tasks, units=UNITS)
     assert set(no_tc.z) == {"volume_ml.WT", "probability"}
-    assert no_tc.method is Method.MCD  # distance over the two observed measures
+    assert no_tc.method is Method.IFOREST  # a missing measure sits at the median
     assert no_tc.colour is Colour.RED
     assert no_tc.reasons[0].startswith("volume_ml.WT = ")
     assert (empty.colour, empty.reasons, empty.z) == (Colour.AMBER, ("no measures to rank",), {})
@@ -319,3 +321,56 @@ def test_histogram_and_opacity() -> None:
         histogram([1.0], bins=0)
     with pytest.raises(ValueError, match="must not be negative"):
         bin_opacity([1, -1])
+
+
+def test_a_point_mass_is_a_normal_state_and_the_rest_set_the_scale() -> None:
+    # 6 of 20 enhancing volumes are exactly 0 (low-grade tumours): 0 is z = 0, the other
+    # 14 give median and MAD; closed form on the linear scale
+    rest = np.array([10.0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23])
+    scale = fit_scale(np.concatenate([np.zeros(6), rest]), transform=Transform.LINEAR)
+    assert (scale.mass, scale.mass_share, scale.n) == (0.0, 0.3, 20)
+    mad = MAD_TO_SD * float(np.median(np.abs(rest - 16.5)))
+    assert (scale.median, scale.scale) == (16.5, pytest.approx(mad))
+    assert scale.z([0.0, 16.5, 16.5 + 3 * mad]) == pytest.approx([0.0, 0.0, 3.0])
+    assert scale.z(5.0) == pytest.approx((5.0 - 16.5) / mad)  # between the states: odd
+    # below the share, or with fewer than 3 other values, no mass
+    assert fit_scale(np.concatenate([np.zeros(3), rest])).mass is None
+    assert fit_scale([0.0] * 10 + [1.0, 2.0]).mass is None
+    assert fit_scale([5.0] * 12).floored
+
+
+def test_low_grade_results_with_no_enhancement_stay_green() -> None:
+    rng = np.random.default_rng(4)
+    wt = np.exp(rng.normal(np.log(60.0), 0.4, 30))
+    et = np.where(np.arange(30) < 9, 0.0, wt * 0.2 * np.exp(rng.normal(0.0, 0.2, 30)))
+    accepted = MeasureTable(tuple(f"a{i}" for i in range(30)), ("wt", "et"), np.c_[wt, et])
+    tasks = MeasureTable(("lgg", "hgg"), ("wt", "et"), np.array([[60.0, 0.0], [60.0, 12.0]]))
+    for method in Method:
+        lgg, hgg = score_tasks(accepted, tasks, config=NormalityConfig(method=method))
+        assert (lgg.colour, hgg.colour) == (Colour.GREEN, Colour.GREEN), method
+        assert lgg.z["et"] == 0.0
+
+
+def test_uncertainty_is_one_sided() -> None:
+    table, medians = _cohort()
+    u = np.random.default_rng(5).uniform(0.1, 0.2, len(table.tasks))
+    accepted = MeasureTable(table.tasks, (*VOLUMES, "uncertainty"), np.c_[table.values, u])
+    tasks = MeasureTable(
+        ("sure", "unsure"), accepted.measures, np.array([[*medians, 0.0], [*medians, 0.9]])
+    )
+    sure, unsure = score_tasks(accepted, tasks)
+    assert (sure.z["uncertainty"], sure.colour) == (0.0, Colour.GREEN)
+    assert unsure.z["uncertainty"] > 5
+    assert unsure.colour is Colour.RED
+    assert unsure.reasons[0].startswith("uncertainty = 0.9 is ")
+    both = NormalityConfig(sides={})
+    sure_both, _ = score_tasks(accepted, tasks, config=both)
+    assert sure_both.z["uncertainty"] < -3  # two-sided, a confident result would be odd
+
+
+def test_forest_calibration_keeps_clean_rows_out_of_red() -> None:
+    for seed in range(3, 8):
+        table, _ = _cohort(n=80, seed=seed)
+        results = score_tasks(table, config=NormalityConfig(method=Method.IFOREST))
+        assert {r.method for r in results} == {Method.IFOREST}
+        assert sum(r.colour is Colour.RED for r in results) == 0, seed

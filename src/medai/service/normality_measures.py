@@ -13,6 +13,13 @@
   (nearly) constant over the project from turning every tiny difference into an infinite z:
   with the defaults (1 % of |median|, 10⁻⁶) a measure that is 5 everywhere puts 6 at
   z = 20, not ∞.
+* **A point mass.** When at least ``point_mass_share`` of the values are one and the same
+  number (an enhancing-tumour volume of exactly 0 in every low-grade glioma), that value is
+  a normal state of its own, not the far tail of the others: it gets z = 0, and the centre,
+  spread and scale come from the other values. A measure with fewer than 3 other values
+  keeps the plain rule (a measure that is 0 everywhere makes any non-zero value odd).
+* **A side.** A measure where only one direction is bad (the model's uncertainty: a
+  confident result is not odd) is ``upper`` (or ``lower``): its z on the harmless side is 0.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "MAD_TO_SD",
     "MeasureTable",
     "RobustScale",
+    "Side",
     "Transform",
     "bin_index",
     "bin_opacity",
@@ -50,6 +58,14 @@ class Transform(StrEnum):
     AUTO = "auto"
     LINEAR = "linear"
     LOG1P = "log1p"
+
+
+class Side(StrEnum):
+    """Which direction of a measure is odd; the other side's z is 0."""
+
+    BOTH = "both"
+    UPPER = "upper"  # only high values are odd, e.g. the model's uncertainty
+    LOWER = "lower"
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +172,9 @@ class RobustScale:
         n: Number of finite values it was fitted on.
         source: ``"project"`` or ``"reference"``.
         floored: Whether a floor, not the MAD, set ``scale``.
+        mass: The value holding a point mass (z = 0 there; the rest set the scale), or None.
+        mass_share: The share of the fitted values at ``mass`` (0 without one).
+        side: Which direction is odd; z on the other side is 0.
     """
 
     measure: str
@@ -165,6 +184,9 @@ class RobustScale:
     n: int
     source: str
     floored: bool
+    mass: float | None = None
+    mass_share: float = 0.0
+    side: Side = Side.BOTH
 
     @property
     def centre(self) -> float:
@@ -174,7 +196,14 @@ class RobustScale:
     def z(self, values: ArrayLike) -> Floats:
         """Robust z of ``values`` (NaN stays NaN)."""
         x = np.asarray(values, dtype=np.float64)
-        return (_forward(x, self.transform) - self.median) / self.scale
+        z = (_forward(x, self.transform) - self.median) / self.scale
+        if self.mass is not None:
+            z = np.where(x == self.mass, 0.0, z)
+        if self.side is Side.UPPER:
+            z = np.where(z < 0, 0.0, z)
+        elif self.side is Side.LOWER:
+            z = np.where(z > 0, 0.0, z)
+        return z
 
 
 def fit_scale(
@@ -186,6 +215,8 @@ def fit_scale(
     auto_skew: float = 0.1,
     mad_floor_rel: float = 0.01,
     mad_floor_abs: float = 1e-6,
+    point_mass_share: float = 0.2,
+    side: Side | str = Side.BOTH,
 ) -> RobustScale:
     """Median and floored 1.4826·MAD of the finite ``values`` (module docstring for the rules).
 
@@ -195,6 +226,10 @@ def fit_scale(
     x = finite_values(values)
     if x.size == 0:
         raise ValueError(f"measure {measure!r}: no finite values to fit a scale on")
+    n = int(x.size)
+    mass, share = _point_mass(x, point_mass_share)
+    if mass is not None:
+        x = x[x != mass]
     kind = Transform(transform)
     if kind is Transform.AUTO:
         kind = choose_transform(x, auto_skew=auto_skew)
@@ -203,7 +238,19 @@ def fit_scale(
     mad_sd = MAD_TO_SD * float(np.median(np.abs(t - median)))
     floor = max(mad_floor_rel * abs(median), mad_floor_abs)
     scale = max(mad_sd, floor)
-    return RobustScale(measure, kind, median, scale, int(x.size), source, mad_sd < floor)
+    return RobustScale(
+        measure, kind, median, scale, n, source, mad_sd < floor, mass, share, Side(side)
+    )
+
+
+def _point_mass(x: Floats, share: float) -> tuple[float | None, float]:
+    """The most frequent value and its share, when it holds at least ``share`` of ``x`` and
+    leaves 3 or more other values; else ``(None, 0.0)``."""
+    found, counts = np.unique(x, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < 2 or counts[top] < share * x.size or x.size - counts[top] < 3:
+        return None, 0.0
+    return float(found[top]), float(counts[top] / x.size)
 
 
 def histogram(
